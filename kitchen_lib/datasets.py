@@ -1,0 +1,287 @@
+"""Episode sources: D4RL's kitchen datasets and our own scripted ones, behind one interface.
+
+Both are real Minari datasets in the local Minari store (`$MINARI_DATASETS_PATH`, else
+`~/.minari/datasets`) and are read by the same code. D4RL's are downloaded only when asked
+(`download=True`, `--download`); ours are made offline by `generate_dataset`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kitchen_lib.kitchen import COMPLETE_TASKS, OBS_DIM, completed_tasks
+
+OFFLINE_DATASET_ID = "kitchen-diffusion/scripted-complete-v0"
+SMOKE_DATASET_ID = "kitchen-diffusion/scripted-smoke-v0"
+D4RL_DATASET_IDS = (
+    "D4RL/kitchen/complete-v2",
+    "D4RL/kitchen/partial-v2",
+    "D4RL/kitchen/mixed-v2",
+)
+OUR_NAMESPACE = "kitchen-diffusion"
+
+
+class DatasetError(RuntimeError):
+    """A dataset is unknown, missing or malformed; the message says what to do."""
+
+
+@dataclass
+class Episode:
+    """One episode's states and actions, as stored by Minari."""
+
+    index: int  # position in the dataset (0..N-1)
+    observations: np.ndarray  # (T+1, 59) float
+    actions: np.ndarray  # (T, 9) float
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.actions)
+
+    def completions(self, tasks: tuple[str, ...] = COMPLETE_TASKS) -> dict[str, int | None]:
+        """First step at which each task is complete (None if never), from the states."""
+        first: dict[str, int | None] = {t: None for t in tasks}
+        for t, obs in enumerate(self.observations):
+            for task in completed_tasks(obs, tasks):
+                if first[task] is None:
+                    first[task] = t
+        return first
+
+
+def store_path() -> Path:
+    """The local Minari store."""
+    env = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(env) if env else Path.home() / ".minari" / "datasets"
+
+
+def dataset_path(dataset_id: str) -> Path:
+    return store_path() / dataset_id
+
+
+def is_local(dataset_id: str) -> bool:
+    return (dataset_path(dataset_id) / "data" / "metadata.json").exists()
+
+
+def open_dataset(dataset_id: str, download: bool = False):
+    """The `minari.MinariDataset` for an id, with errors that say what to do."""
+    import minari
+
+    if is_local(dataset_id):
+        return minari.load_dataset(dataset_id)
+    if dataset_id in D4RL_DATASET_IDS:
+        if download:
+            try:
+                return minari.load_dataset(dataset_id, download=True)
+            except Exception as e:  # network errors come in many types
+                raise DatasetError(
+                    f"could not download {dataset_id}: {e}\n"
+                    f"Without internet, make the offline dataset instead:\n"
+                    f"  python -m kitchen_lib generate --dataset {OFFLINE_DATASET_ID}"
+                ) from e
+        raise DatasetError(
+            f"{dataset_id} is not in the local Minari store ({store_path()}).\n"
+            f"Download it (needs internet) with\n"
+            f"  minari download {dataset_id}\n"
+            f"or pass --download (download=True). Offline, use the project's own dataset:\n"
+            f"  python -m kitchen_lib generate --dataset {OFFLINE_DATASET_ID}\n"
+            f"and then --dataset {OFFLINE_DATASET_ID}."
+        )
+    if dataset_id.startswith(OUR_NAMESPACE + "/"):
+        raise DatasetError(
+            f"{dataset_id} has not been generated yet in {store_path()}. Make it with\n"
+            f"  python -m kitchen_lib generate --dataset {dataset_id}"
+        )
+    raise DatasetError(
+        f"unknown dataset id {dataset_id!r}: it is not in the local Minari store "
+        f"({store_path()}) and is not one of D4RL's kitchen datasets.\n"
+        f"Known ids: {', '.join(D4RL_DATASET_IDS)}, or any id under {OUR_NAMESPACE}/ made with\n"
+        f"  python -m kitchen_lib generate --dataset {OFFLINE_DATASET_ID}"
+    )
+
+
+def _check_episode(dataset_id: str, ep) -> tuple[np.ndarray, np.ndarray]:
+    obs = ep.observations
+    obs = obs["observation"] if isinstance(obs, dict) else obs
+    obs = np.asarray(obs, dtype=np.float64)
+    if obs.ndim != 2 or obs.shape[1] != OBS_DIM:
+        raise DatasetError(
+            f"{dataset_id} episode {ep.id}: observations have shape {obs.shape}, expected "
+            f"(T+1, {OBS_DIM}) as in D4RL's kitchen datasets. Is this a kitchen dataset?"
+        )
+    return obs, np.asarray(ep.actions, dtype=np.float64)
+
+
+def iter_episodes(dataset_id: str, episodes: list[int] | None = None, download: bool = False) -> Iterator[Episode]:
+    """Stream episodes one at a time (mixed-v2's 156k steps never sit in memory at once)."""
+    ds = open_dataset(dataset_id, download=download)
+    ids = list(range(ds.total_episodes)) if episodes is None else list(episodes)
+    for i in ids:
+        ep = next(iter(ds.iterate_episodes([i])))
+        obs, act = _check_episode(dataset_id, ep)
+        yield Episode(index=i, observations=obs, actions=act)
+
+
+def load_episode(dataset_id: str, index: int) -> Episode:
+    ds = open_dataset(dataset_id)
+    if not 0 <= index < ds.total_episodes:
+        raise DatasetError(f"{dataset_id} has episodes 0..{ds.total_episodes - 1}; asked for {index}")
+    return next(iter_episodes(dataset_id, [index]))
+
+
+def episode_lengths(dataset_id: str) -> list[int]:
+    """Steps (actions) per episode, read from the episodes' metadata, not their data."""
+    ds = open_dataset(dataset_id)
+    return [int(m["total_steps"]) for m in ds.storage.get_episode_metadata(range(ds.total_episodes))]
+
+
+def fingerprint(dataset_id: str) -> str:
+    """Changes whenever the dataset on disk is rewritten (for cache keys)."""
+    data = dataset_path(dataset_id) / "data"
+    parts = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(data.iterdir()) if p.is_file()]
+    return ";".join(parts)
+
+
+# --- writing our own datasets ----------------------------------------------------------
+
+def write_dataset(dataset_id: str, records, env, description: str, overwrite: bool = False):
+    """Write expert episodes as a Minari dataset, atomically.
+
+    The dataset is built in a temporary store beside the real one and moved into place
+    only when complete, so a crash never leaves half a dataset, and an existing dataset is
+    replaced only with `overwrite=True`.
+    """
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    if not dataset_id.startswith(OUR_NAMESPACE + "/"):
+        raise DatasetError(
+            f"generated datasets live under {OUR_NAMESPACE}/ (got {dataset_id!r}); D4RL's ids "
+            f"are reserved for the real D4RL data. Try {OFFLINE_DATASET_ID}."
+        )
+    target = dataset_path(dataset_id)
+    if target.exists() and not overwrite:
+        raise DatasetError(f"{dataset_id} already exists at {target}; pass --overwrite to replace it.")
+
+    buffers = [
+        EpisodeBuffer(
+            id=i,
+            seed=r.seed,
+            observations={
+                "observation": r.observations,
+                "achieved_goal": r.achieved_goal,
+                "desired_goal": r.desired_goal,
+            },
+            actions=r.actions,
+            rewards=list(r.rewards),
+            terminations=list(r.terminations),
+            truncations=list(r.truncations),
+        )
+        for i, r in enumerate(records)
+    ]
+    root = store_path()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=".kitchen-tmp-", dir=root))
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    try:
+        os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
+        minari.create_dataset_from_buffers(
+            dataset_id=dataset_id,
+            buffer=buffers,
+            env=env,
+            algorithm_name="kitchen_lib scripted expert (DLS IK waypoints)",
+            author="Kitchen Diffusion",
+            code_permalink="kitchen_lib/expert.py",
+            description=description,
+            data_format="hdf5",
+        )
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    try:
+        ns_meta = tmp_root / OUR_NAMESPACE / "namespace_metadata.json"
+        (root / OUR_NAMESPACE).mkdir(parents=True, exist_ok=True)
+        if ns_meta.exists() and not (root / OUR_NAMESPACE / "namespace_metadata.json").exists():
+            shutil.copy2(ns_meta, root / OUR_NAMESPACE / "namespace_metadata.json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            trash = tmp_root / "replaced"
+            target.rename(trash)
+        (tmp_root / dataset_id).rename(target)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return minari.load_dataset(dataset_id)
+
+
+@dataclass
+class GenerateReport:
+    dataset_id: str
+    episodes: int
+    steps: int
+    completed: list[list[str]]  # per episode
+    seconds: float
+
+    def success_rates(self, tasks: tuple[str, ...] = COMPLETE_TASKS) -> dict[str, float]:
+        n = max(len(self.completed), 1)
+        return {t: sum(t in c for c in self.completed) / n for t in tasks}
+
+
+def generate_dataset(
+    dataset_id: str = OFFLINE_DATASET_ID,
+    episodes: int = 20,
+    seed: int = 0,
+    max_steps: int = 900,
+    overwrite: bool = False,
+    progress: bool = True,
+    random_actions: bool = False,
+) -> GenerateReport:
+    """Run the scripted expert (or random actions) and store the episodes as a Minari dataset."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from kitchen_lib.expert import random_episode, run_episode
+    from kitchen_lib.kitchen import make_env
+
+    if episodes < 1:
+        raise DatasetError(f"--episodes must be at least 1 (got {episodes})")
+    if is_local(dataset_id) and not overwrite:
+        raise DatasetError(f"{dataset_id} already exists at {dataset_path(dataset_id)}; pass --overwrite to replace it.")
+    t0 = time.time()
+    env = make_env(max_episode_steps=max_steps)
+    records = []
+    bar = tqdm(range(episodes), desc=f"generate {dataset_id}", disable=not progress)
+    for i in bar:
+        ep_seed = seed * 100_003 + i
+        rec = random_episode(env, ep_seed, max_steps) if random_actions else run_episode(env, ep_seed, max_steps=max_steps)
+        records.append(rec)
+        bar.write(f"episode {i:3d} (seed {ep_seed}): {len(rec.actions)} steps, completed {rec.completed}") if progress else None
+    how = "random actions" if random_actions else "the scripted expert (kitchen_lib.expert)"
+    write_dataset(
+        dataset_id, records, env, overwrite=overwrite,
+        description=f"{episodes} FrankaKitchen-v1 episodes by {how}, seed {seed}.",
+    )
+    env.close()
+    return GenerateReport(
+        dataset_id=dataset_id,
+        episodes=episodes,
+        steps=int(sum(len(r.actions) for r in records)),
+        completed=[list(r.completed) for r in records],
+        seconds=time.time() - t0,
+    )
+
+
+def ensure_dataset(dataset_id: str, episodes: int, seed: int = 0, max_steps: int = 900) -> str:
+    """Generate one of our datasets if it is not in the store yet (for notebooks and the CLI)."""
+    if not is_local(dataset_id):
+        if dataset_id in D4RL_DATASET_IDS:
+            open_dataset(dataset_id)  # raises the how-to-download error
+        generate_dataset(dataset_id, episodes=episodes, seed=seed, max_steps=max_steps)
+    return dataset_id

@@ -1,0 +1,297 @@
+"""(current, future) frame pairs k steps apart, split by episode, cached on disk.
+
+Cache layout, one folder per config under `data/pairs/`, named by a hash of the config:
+    frames.npy   (F, H, W, C) uint8, every frame of every used episode, episode after episode
+    meta.json    the config, the dataset's fingerprint, each episode's split and first frame,
+                 and the (episode, step) of every pair per split
+A pair is (frame t, frame t+k) of one episode with t + k <= T: it never crosses an
+episode's end. Reading memory-maps frames.npy, so loading is instant at any size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from kitchen_lib.datasets import OFFLINE_DATASET_ID, episode_lengths, fingerprint, iter_episodes
+from kitchen_lib.paths import data_dir
+from kitchen_lib.render import DEFAULT_QUALITY, check_render_args, render_chunks
+
+SPLITS = ("train", "val", "test")
+CACHE_FORMAT = 1
+_RGB_TO_GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma
+
+
+class CacheError(RuntimeError):
+    """A pairs cache is corrupt or does not match its config; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """Everything that decides the contents of a pairs cache."""
+
+    dataset: str = OFFLINE_DATASET_ID
+    k: int = 5  # frames between current and future
+    size: int = 64  # square frame size in pixels
+    grayscale: bool = False
+    quality: str = DEFAULT_QUALITY  # renderer quality: "fast" or "faithful"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    max_episodes: int | None = None  # only the first N episodes (smoke mode, quick looks)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    def validate(self) -> None:
+        check_render_args(self.size, self.quality)
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be a positive whole number of steps (got {self.k!r})")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must be in [0, 1) and leave some episodes to train on")
+
+
+# Presets by name: the course's CPU default and the original project's GPU setting.
+PAIRS_PRESETS: dict[str, PairsConfig] = {
+    "smoke": PairsConfig(size=32, max_episodes=3),
+    "cpu": PairsConfig(size=64),
+    "seed": PairsConfig(size=128),
+}
+
+
+def split_episodes(n: int, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> dict[str, list[int]]:
+    """Assign whole episodes to train/val/test, reproducibly for a seed (never split by pair)."""
+    if n < 3:
+        raise ValueError(f"splitting by episode needs at least 3 episodes (got {n}): generate more with --episodes")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    return {
+        "test": sorted(order[:n_test].tolist()),
+        "val": sorted(order[n_test : n_test + n_val].tolist()),
+        "train": sorted(order[n_test + n_val :].tolist()),
+    }
+
+
+def pair_steps(num_steps: int, k: int) -> np.ndarray:
+    """Steps t of an episode with T steps (T+1 frames) that have a future frame t+k <= T."""
+    return np.arange(max(num_steps - k + 1, 0))
+
+
+def to_grayscale(frames: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 -> (..., 1) uint8."""
+    return np.rint(frames.astype(np.float32) @ _RGB_TO_GRAY)[..., None].astype(np.uint8)
+
+
+def _cache_key(cfg: PairsConfig, lengths: list[int]) -> dict:
+    return {"format": CACHE_FORMAT, "config": asdict(cfg), "dataset_fingerprint": fingerprint(cfg.dataset), "lengths": lengths}
+
+
+def cache_dir_for(cfg: PairsConfig, root: Path | None = None) -> Path:
+    lengths = _used_lengths(cfg)
+    digest = hashlib.sha256(json.dumps(_cache_key(cfg, lengths), sort_keys=True).encode()).hexdigest()[:16]
+    return (root or data_dir() / "pairs") / f"pairs-{digest}"
+
+
+def _used_lengths(cfg: PairsConfig) -> list[int]:
+    lengths = episode_lengths(cfg.dataset)
+    return lengths[: cfg.max_episodes] if cfg.max_episodes else lengths
+
+
+@dataclass
+class PairsCache:
+    """A built cache: memory-mapped frames and the pair index of each split."""
+
+    path: Path
+    meta: dict
+    frames: np.ndarray  # (F, H, W, C) uint8, memory-mapped
+    _index: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def config(self) -> PairsConfig:
+        return PairsConfig(**self.meta["config"])
+
+    def pairs(self, split: str) -> np.ndarray:
+        """(N, 2) int array of (episode, step) for a split, in a fixed order."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
+        return np.asarray(self.meta["pairs"][split], dtype=np.int64).reshape(-1, 2)
+
+    def frame_indices(self, split: str) -> np.ndarray:
+        """(N, 2) rows into `frames` of (current, future) for each pair of a split."""
+        if split not in self._index:
+            first = {e["index"]: e["first_frame"] for e in self.meta["episodes"]}
+            p = self.pairs(split)
+            cur = np.array([first[e] for e in p[:, 0]], dtype=np.int64) + p[:, 1]
+            self._index[split] = np.stack([cur, cur + self.meta["config"]["k"]], axis=1)
+        return self._index[split]
+
+    def pair(self, split: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(current, future) uint8 (H, W, C) frames of pair i of a split."""
+        a, b = self.frame_indices(split)[i]
+        return self.frames[a], self.frames[b]
+
+    def episode_frames(self, episode: int) -> np.ndarray:
+        for e in self.meta["episodes"]:
+            if e["index"] == episode:
+                return self.frames[e["first_frame"] : e["first_frame"] + e["num_frames"]]
+        raise KeyError(f"episode {episode} is not in this cache (episodes {[e['index'] for e in self.meta['episodes']]})")
+
+    def summary(self) -> dict:
+        return {
+            "dataset": self.meta["config"]["dataset"],
+            "cache": str(self.path),
+            "k": self.meta["config"]["k"],
+            "size": self.meta["config"]["size"],
+            "channels": self.frames.shape[-1],
+            "frames": int(self.frames.shape[0]),
+            "pairs": {s: len(self.meta["pairs"][s]) for s in SPLITS},
+            "episodes": {s: len(self.meta["splits"][s]) for s in SPLITS},
+        }
+
+
+def load_cache(path: Path, cfg: PairsConfig | None = None) -> PairsCache:
+    """Open a cache folder, checking it is whole and (if given) made for `cfg`."""
+    path = Path(path)
+    fix = f"Delete {path} (or pass --force_rebuild / force=True) and it will be rebuilt."
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        shape = tuple(meta["frames_shape"])
+    except FileNotFoundError as e:
+        raise CacheError(f"pairs cache {path} is incomplete: {e.filename} is missing. {fix}") from e
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CacheError(f"pairs cache {path} has a corrupt meta.json ({e}). {fix}") from e
+    if cfg is not None and meta.get("config") != asdict(cfg):
+        diff = {k: (meta.get("config", {}).get(k), v) for k, v in asdict(cfg).items() if meta.get("config", {}).get(k) != v}
+        raise CacheError(f"pairs cache {path} was built for a different config (cached, wanted): {diff}. {fix}")
+    try:
+        frames = np.load(path / "frames.npy", mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError as e:
+        raise CacheError(f"pairs cache {path} is incomplete: frames.npy is missing. {fix}") from e
+    except (ValueError, OSError) as e:
+        raise CacheError(f"pairs cache {path} has a corrupt frames.npy ({e}). {fix}") from e
+    if frames.shape != shape or frames.dtype != np.uint8:
+        raise CacheError(f"pairs cache {path}: frames.npy is {frames.dtype}{frames.shape}, meta.json says uint8{shape}. {fix}")
+    return PairsCache(path=path, meta=meta, frames=frames)
+
+
+def build_pairs(
+    cfg: PairsConfig, root: Path | None = None, force: bool = False, workers: int | None = None, progress: bool = True,
+) -> PairsCache:
+    """Load the cache for `cfg`, building it first if needed (streaming, all cores)."""
+    cfg.validate()
+    lengths = _used_lengths(cfg)
+    if not lengths:
+        raise ValueError(f"{cfg.dataset} has no episodes")
+    if cfg.k >= max(lengths):
+        raise ValueError(
+            f"k={cfg.k} is not shorter than any episode of {cfg.dataset} (the longest has {max(lengths)} steps): "
+            f"choose k < {max(lengths)}"
+        )
+    path = cache_dir_for(cfg, root)
+    if path.exists() and not force:
+        return load_cache(path, cfg)
+
+    usable = [i for i, n in enumerate(lengths) if n > cfg.k]
+    if len(usable) < len(lengths):
+        warnings.warn(f"{len(lengths) - len(usable)} episodes of {cfg.dataset} are not longer than k={cfg.k} and are left out")
+    splits = split_episodes(len(usable), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    split_of = {usable[j]: s for s, js in splits.items() for j in js}
+    t0 = time.time()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        meta = _write_cache(tmp, cfg, lengths, usable, split_of, workers, progress)
+        meta["build_seconds"] = round(time.time() - t0, 2)
+        _write_json(tmp / "meta.json", meta)
+        if path.exists():  # force: move the old cache aside only once the new one is whole
+            old = path.with_name(path.name + f".old-{os.getpid()}")
+            path.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_cache(path, cfg)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
+
+
+def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -> dict:
+    from tqdm.auto import tqdm
+
+    num_frames = sum(lengths[i] + 1 for i in usable)
+    shape = (num_frames, cfg.size, cfg.size, cfg.channels)
+    episodes, pairs = [], {s: [] for s in SPLITS}
+    first = 0
+    for i in usable:
+        episodes.append({"index": i, "split": split_of[i], "first_frame": first, "num_frames": lengths[i] + 1})
+        pairs[split_of[i]] += [[i, int(t)] for t in pair_steps(lengths[i], cfg.k)]
+        first += lengths[i] + 1
+
+    def jobs():
+        # Episodes are read one at a time and cut into small chunks for the workers.
+        for ep in iter_episodes(cfg.dataset, usable):
+            for s in range(0, len(ep.observations), 64):
+                yield (ep.index, s), ep.observations[s : s + 64]
+
+    # Written straight to the file (not through a memory map), so memory stays flat.
+    with open(tmp / "frames.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        bar = tqdm(total=num_frames, desc=f"render {cfg.size}px {cfg.quality}", unit="frame", disable=not progress)
+        for _, frames in render_chunks(jobs(), cfg.size, cfg.quality, workers):
+            if cfg.grayscale:
+                frames = to_grayscale(frames)
+            f.write(np.ascontiguousarray(frames).tobytes())
+            bar.update(len(frames))
+        bar.close()
+    return {
+        "format": CACHE_FORMAT,
+        "config": asdict(cfg),
+        "dataset_fingerprint": fingerprint(cfg.dataset),
+        "frames_shape": list(shape),
+        "episodes": episodes,
+        "splits": {s: [e["index"] for e in episodes if e["split"] == s] for s in SPLITS},
+        "pairs": pairs,
+    }
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, C) -> float32 torch tensor (..., C, H, W) in [-1, 1]."""
+    t = torch.from_numpy(np.array(frames)).float().div_(127.5).sub_(1.0)  # copy: memmaps are read-only
+    return t.movedim(-1, -3)
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """Inverse of to_tensor: float (..., C, H, W) in [-1, 1] -> uint8 (..., H, W, C)."""
+    x = tensor.detach().float().clamp(-1, 1).add(1).mul(127.5).round().movedim(-3, -1)
+    return x.to("cpu").numpy().astype(np.uint8)
+
+
+class FramePairs(Dataset):
+    """PyTorch Dataset of (current, future) float tensors (C, H, W) in [-1, 1] for one split."""
+
+    def __init__(self, cache: PairsCache, split: str = "train") -> None:
+        self.cache, self.split = cache, split
+        self.index = cache.frame_indices(split)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = self.index[i]
+        return to_tensor(self.cache.frames[a]), to_tensor(self.cache.frames[b])

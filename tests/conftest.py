@@ -1,0 +1,44 @@
+"""Every test (and every notebook nbval runs) uses a temporary Minari store and data folder,
+so nothing in the user's ~/.minari or data/ is read or written."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_ROOT = Path(tempfile.mkdtemp(prefix="kitchen-tests-"))
+os.environ["MINARI_DATASETS_PATH"] = str(_SESSION_ROOT / "minari")
+os.environ["KITCHEN_DATA_DIR"] = str(_SESSION_ROOT / "data")
+
+import kitchen_lib  # noqa: E402,F401  (chooses a headless MUJOCO_GL before mujoco loads)
+
+SMALL_ID = "kitchen-diffusion/test-small-v0"
+
+
+@pytest.fixture(scope="session")
+def small_dataset() -> str:
+    """Three short real expert episodes (60 steps each) in the temporary store."""
+    from kitchen_lib.datasets import generate_dataset, is_local
+
+    if not is_local(SMALL_ID):
+        generate_dataset(SMALL_ID, episodes=3, seed=1, max_steps=60, progress=False)
+    return SMALL_ID
+
+
+@pytest.fixture(scope="session")
+def small_pairs(small_dataset):
+    from kitchen_lib.pairs import PairsConfig, build_pairs
+
+    return build_pairs(PairsConfig(dataset=small_dataset, k=5, size=32), progress=False)
+
+
+@pytest.fixture(scope="session")
+def env():
+    from kitchen_lib.kitchen import make_env
+
+    e = make_env(render_mode="rgb_array", width=128, height=128)
+    yield e
+    e.close()

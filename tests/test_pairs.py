@@ -1,0 +1,150 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from kitchen_lib.datasets import iter_episodes
+from kitchen_lib.pairs import (
+    CacheError,
+    FramePairs,
+    PairsConfig,
+    build_pairs,
+    cache_dir_for,
+    load_cache,
+    pair_steps,
+    split_episodes,
+    to_grayscale,
+)
+from kitchen_lib.paths import data_dir
+from kitchen_lib.render import KitchenRenderer
+
+
+def test_pair_steps_never_cross_the_episode_end():
+    assert pair_steps(10, 5).tolist() == [0, 1, 2, 3, 4, 5]  # 11 frames: (5, 10) is the last pair
+    assert pair_steps(5, 5).tolist() == [0]
+    assert pair_steps(3, 5).tolist() == []
+
+
+def test_split_is_by_episode_and_reproducible():
+    a = split_episodes(20, 0.1, 0.1, seed=0)
+    assert a == split_episodes(20, 0.1, 0.1, seed=0)
+    assert a != split_episodes(20, 0.1, 0.1, seed=1)
+    together = a["train"] + a["val"] + a["test"]
+    assert sorted(together) == list(range(20))  # every episode in exactly one split
+    assert len(a["test"]) == 2 and len(a["val"]) == 2
+    with pytest.raises(ValueError, match="at least 3 episodes"):
+        split_episodes(2)
+
+
+def test_cache_pairs_respect_k_episodes_and_splits(small_pairs, small_dataset):
+    cache = small_pairs
+    k = cache.meta["config"]["k"]
+    lengths = {e["index"]: e["num_frames"] - 1 for e in cache.meta["episodes"]}
+    split_of = {e["index"]: e["split"] for e in cache.meta["episodes"]}
+    for split in ("train", "val", "test"):
+        p = cache.pairs(split)
+        assert len(p) > 0
+        assert all(split_of[e] == split for e in p[:, 0])
+        assert all(t + k <= lengths[e] for e, t in p)
+    # Frames really are step t and t+k of that episode: re-render one pair from the states.
+    e, t = cache.pairs("val")[7]
+    episode = next(iter_episodes(small_dataset, [int(e)]))
+    cur, fut = cache.pair("val", 7)
+    with KitchenRenderer(32, "fast") as r:
+        assert np.array_equal(cur, r.render(episode.observations[t]))
+        assert np.array_equal(fut, r.render(episode.observations[t + k]))
+
+
+def test_torch_dataset_gives_channels_first_floats(small_pairs):
+    ds = FramePairs(small_pairs, "train")
+    cur, fut = ds[0]
+    assert cur.shape == fut.shape == (3, 32, 32) and cur.dtype == torch.float32
+    assert -1.0 <= float(cur.min()) and float(cur.max()) <= 1.0
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    a, b = next(iter(loader))
+    assert a.shape == (4, 3, 32, 32)
+
+
+def test_cache_is_reused_and_rebuilt_when_config_changes(small_pairs, small_dataset):
+    cfg = PairsConfig(dataset=small_dataset, k=5, size=32)
+    stamp = os.stat(small_pairs.path / "frames.npy").st_mtime_ns
+    t0 = time.perf_counter()
+    again = build_pairs(cfg, progress=False)
+    assert time.perf_counter() - t0 < 1.0  # a load, not a build (generous bound)
+    assert again.path == small_pairs.path
+    assert os.stat(again.path / "frames.npy").st_mtime_ns == stamp
+    for changed in (PairsConfig(dataset=small_dataset, k=3, size=32), PairsConfig(dataset=small_dataset, k=5, size=16),
+                    PairsConfig(dataset=small_dataset, k=5, size=32, grayscale=True)):
+        assert cache_dir_for(changed) != small_pairs.path
+
+
+def test_grayscale_cache(small_dataset):
+    cache = build_pairs(PairsConfig(dataset=small_dataset, k=5, size=16, grayscale=True), progress=False, workers=1)
+    assert cache.frames.shape[1:] == (16, 16, 1)
+    rgb = build_pairs(PairsConfig(dataset=small_dataset, k=5, size=16), progress=False, workers=1)
+    assert np.array_equal(cache.frames[10], to_grayscale(rgb.frames[10]))
+
+
+def test_k_not_shorter_than_episodes_is_refused(small_dataset):
+    before = sorted(data_dir().rglob("*")) if data_dir().exists() else []
+    with pytest.raises(ValueError, match="not shorter than any episode"):
+        build_pairs(PairsConfig(dataset=small_dataset, k=60, size=32), progress=False)
+    with pytest.raises(ValueError, match="unsupported frame size"):
+        build_pairs(PairsConfig(dataset=small_dataset, k=5, size=3), progress=False)
+    after = sorted(data_dir().rglob("*")) if data_dir().exists() else []
+    assert before == after
+
+
+def _copy_cache(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_or_mismatched_cache_gets_a_clear_error(small_pairs, tmp_path):
+    # Truncated frames.npy
+    bad = _copy_cache(small_pairs.path, tmp_path / "truncated")
+    with open(bad / "frames.npy", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(CacheError, match="corrupt frames.npy|frames.npy is"):
+        load_cache(bad)
+    # Garbage meta.json
+    bad = _copy_cache(small_pairs.path, tmp_path / "garbage")
+    (bad / "meta.json").write_text("{not json")
+    with pytest.raises(CacheError, match="corrupt meta.json"):
+        load_cache(bad)
+    # Built for another config
+    other = PairsConfig(dataset=small_pairs.meta["config"]["dataset"], k=2, size=32)
+    with pytest.raises(CacheError, match="different config") as e:
+        load_cache(small_pairs.path, other)
+    assert "'k': (5, 2)" in str(e.value) and "Delete" in str(e.value)
+    # The real cache is untouched by all of this.
+    assert load_cache(small_pairs.path).frames.shape == small_pairs.frames.shape
+
+
+def test_cache_in_place_is_corrupt_build_says_so_and_keeps_it(small_dataset):
+    cfg = PairsConfig(dataset=small_dataset, k=4, size=16)
+    cache = build_pairs(cfg, progress=False, workers=1)
+    (cache.path / "meta.json").write_text("[]")
+    with pytest.raises(CacheError):
+        build_pairs(cfg, progress=False)
+    assert (cache.path / "meta.json").read_text() == "[]"  # nothing was overwritten
+    rebuilt = build_pairs(cfg, progress=False, force=True, workers=1)
+    assert rebuilt.frames.shape == cache.frames.shape
+
+
+def test_cli_pairs_json(small_pairs, small_dataset):
+    out = subprocess.run([sys.executable, "-m", "kitchen_lib", "pairs", "--dataset", small_dataset, "--size", "32",
+                          "--json"], capture_output=True, text=True, check=True)
+    summary = json.loads(out.stdout)
+    assert summary["cache"] == str(small_pairs.path)
+    assert summary["pairs"] == {s: len(small_pairs.pairs(s)) for s in ("train", "val", "test")}
+    bad = subprocess.run([sys.executable, "-m", "kitchen_lib", "pairs", "--dataset", "nobody/nothing-v0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown dataset id" in bad.stderr
