@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from kitchen_lib.metrics import changed_fraction, mean_psnr
@@ -21,3 +23,24 @@ def copy_baseline(cache: PairsCache, split: str = "test", max_pairs: int | None 
         "psnr": mean_psnr(fut, cur),
         "changed_fraction": float(np.mean([changed_fraction(c, f) for c, f in zip(cur, fut, strict=True)])),
     }
+
+
+def copy_baseline_by_k(cache: PairsCache, ks: Sequence[int], split: str = "test", stride: int = 1) -> dict[str, list[float]]:
+    """Copy-frame PSNR and changed-pixel fraction for each k, on the episodes of a split.
+
+    Uses the cached frames of whole episodes, so any k up to the episode length can be asked
+    for, not only the k the cache was built with. `stride` thins the start steps.
+    """
+    episodes = cache.meta["splits"][split]
+    out: dict[str, list[float]] = {"k": list(ks), "psnr": [], "changed_fraction": []}
+    for k in ks:
+        cur, fut = [], []
+        for e in episodes:
+            frames = cache.episode_frames(e)
+            starts = np.arange(0, len(frames) - k, stride)
+            cur.append(frames[starts])
+            fut.append(frames[starts + k])
+        c, f = np.concatenate(cur), np.concatenate(fut)
+        out["psnr"].append(mean_psnr(f, c))
+        out["changed_fraction"].append(float(np.mean([changed_fraction(a, b) for a, b in zip(c, f, strict=True)])))
+    return out

@@ -206,7 +206,7 @@ def build_pairs(
 
     usable = [i for i, n in enumerate(lengths) if n > cfg.k]
     if len(usable) < len(lengths):
-        warnings.warn(f"{len(lengths) - len(usable)} episodes of {cfg.dataset} are not longer than k={cfg.k} and are left out")
+        warnings.warn(f"{len(lengths) - len(usable)} episodes of {cfg.dataset} are not longer than k={cfg.k} and are left out", stacklevel=2)
     splits = split_episodes(len(usable), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     split_of = {usable[j]: s for s, js in splits.items() for j in js}
     t0 = time.time()
