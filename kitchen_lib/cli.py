@@ -1,4 +1,4 @@
-"""Command line: `python -m kitchen_lib {quickstart,generate,render,pairs} ...`."""
+"""Command line: `python -m kitchen_lib {quickstart,generate,render,pairs,train,sample} ...`."""
 
 from __future__ import annotations
 
@@ -101,6 +101,88 @@ def cmd_quickstart(a: argparse.Namespace) -> None:
           f"PSNR {base['psnr']:.2f} dB, {base['changed_fraction']:.1%} of pixels change by > 0.05")
 
 
+def run_config_from_args(a: argparse.Namespace):
+    """The preset's RunConfig with every flag the user gave laid over it."""
+    from kitchen_lib.train import RUN_PRESETS, with_overrides
+
+    base = RUN_PRESETS[a.preset]
+    data, model, diff, train = {}, {}, {}, {}
+    set_if = lambda d, key, value: d.__setitem__(key, value) if value is not None else None  # noqa: E731
+    set_if(data, "dataset", a.dataset)
+    set_if(data, "k", a.k_step_future)
+    size = a.img_resolution or base.data.size
+    if a.img_resolution:
+        data["size"] = model["image_size"] = a.img_resolution
+    if a.grayscale:
+        data["grayscale"], model["image_channels"] = True, 1
+    if a.img_resolution or a.model_attention_resolutions_divisor:
+        divisor = a.model_attention_resolutions_divisor or base.model.image_size // base.model.attention_resolutions[0]
+        model["attention_resolutions"] = (size // divisor,)
+    set_if(model, "base_channels", a.model_base_channels)
+    if a.model_channel_mults:
+        model["channel_mults"] = tuple(int(x) for x in a.model_channel_mults.split(","))
+    set_if(model, "num_res_blocks", a.model_num_res_blocks)
+    set_if(model, "time_emb_dim", a.model_time_emb_dim)
+    set_if(model, "time_mlp_dim", a.model_time_emb_mlp_dim)
+    set_if(model, "dropout", a.model_dropout_rate)
+    set_if(diff, "timesteps", a.diffusion_timesteps)
+    set_if(diff, "beta_start", a.beta_start)
+    set_if(diff, "beta_end", a.beta_end)
+    set_if(diff, "prediction", a.prediction)
+    set_if(diff, "schedule", a.schedule)
+    set_if(train, "device", a.device)
+    set_if(train, "num_workers", a.num_workers_loader)
+    set_if(train, "epochs", a.epochs)
+    set_if(train, "batch_size", a.batch_size)
+    set_if(train, "learning_rate", a.learning_rate)
+    if a.disable_amp:
+        train["amp"] = False
+    set_if(train, "checkpoint_dir", a.checkpoint_dir)
+    set_if(train, "checkpoint_freq", a.checkpoint_freq)
+    set_if(train, "save_best", a.save_best_model)
+    set_if(train, "tensorboard_dir", a.tensorboard_log_dir)
+    set_if(train, "run_name_prefix", a.tensorboard_run_name_prefix)
+    set_if(train, "log_freq", a.log_freq)
+    set_if(train, "log_images", a.log_images)
+    if a.log_image_freq_multiplier is not None:
+        train["log_image_every"] = (a.log_freq or base.train.log_freq) * a.log_image_freq_multiplier
+    set_if(train, "max_minutes", a.max_minutes)
+    return with_overrides(base, data=data, model=model, diffusion=diff, train=train)
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    import os
+
+    from kitchen_lib.train import train
+
+    if a.dataset_dir:
+        os.environ["KITCHEN_DATA_DIR"] = a.dataset_dir
+    cfg = run_config_from_args(a)
+    open_dataset(cfg.data.dataset, download=a.download)
+    resume = None if a.resume_from_checkpoint in (None, "none") else a.resume_from_checkpoint
+    r = train(cfg, resume=resume, force_rebuild=a.force_rebuild_dataset)
+    print(f"{'stopped early' if r.stopped_early else 'done'}: {r.epochs_done} epochs, {r.steps} steps in {r.seconds / 60:.1f} min "
+          f"({r.samples_per_second:.1f} samples/s, {r.parameters:,} parameters); validation loss final {r.final_val_loss:.5f}, "
+          f"best {r.best_val_loss:.5f}")
+    print(f"checkpoints: {r.checkpoint_dir}   TensorBoard: tensorboard --logdir {r.tensorboard_dir.parent}")
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    from kitchen_lib.images import save_png
+    from kitchen_lib.inference import load_predictor, pairs_for, prediction_grid
+
+    predictor = load_predictor(a.checkpoint, device=a.device or "auto")
+    if a.dataset:
+        open_dataset(a.dataset)
+    cache = pairs_for(predictor, a.dataset)
+    t0 = time.time()
+    grid = prediction_grid(predictor, cache, a.split, a.n, a.sampler, a.steps, a.seed)
+    out = save_png(grid, a.out, scale=a.scale)
+    steps = predictor.diffusion.T if a.sampler == "ddpm" else a.steps
+    print(f"wrote {out}: {a.n} rows of current | predicted ({a.sampler}, {steps} steps) | actual, "
+          f"{(time.time() - t0) / a.n:.2f}s per predicted frame")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m kitchen_lib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -141,16 +223,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force_rebuild", action="store_true", help="rebuild the cache even if it exists")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=cmd_pairs)
+    p = sub.add_parser("train", help="train the conditional diffusion model (flags override the preset)")
+    p.add_argument("--preset", choices=["smoke", "cpu", "seed"], default="cpu",
+                   help="smoke: seconds, for tests; cpu: 64px, about 20 min on a laptop; seed: the original 128px setup, for a GPU")
+    p.add_argument("--dataset", default=None, help="Minari dataset id (default: the preset's)")
+    p.add_argument("--download", action="store_true", help="download a D4RL dataset if it is not local")
+    p.add_argument("--dataset_dir", default=None, help="folder for generated data: pair caches, checkpoints, logs (default data/)")
+    p.add_argument("--k_step_future", type=int, default=None)
+    p.add_argument("--force_rebuild_dataset", action="store_true")
+    p.add_argument("--grayscale", action="store_true")
+    p.add_argument("--img_resolution", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--num_workers_loader", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--learning_rate", type=float, default=None)
+    p.add_argument("--disable_amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--diffusion_timesteps", type=int, default=None)
+    p.add_argument("--beta_start", type=float, default=None)
+    p.add_argument("--beta_end", type=float, default=None)
+    p.add_argument("--schedule", choices=["linear", "cosine"], default=None)
+    p.add_argument("--prediction", choices=["eps", "v", "x0"], default=None)
+    p.add_argument("--model_base_channels", type=int, default=None)
+    p.add_argument("--model_channel_mults", default=None, help='e.g. "1,2,3"')
+    p.add_argument("--model_num_res_blocks", type=int, default=None)
+    p.add_argument("--model_attention_resolutions_divisor", type=int, default=None,
+                   help="attention at img_resolution / divisor pixels (4: 32px for 128px frames)")
+    p.add_argument("--model_time_emb_dim", type=int, default=None)
+    p.add_argument("--model_time_emb_mlp_dim", type=int, default=None)
+    p.add_argument("--model_dropout_rate", type=float, default=None)
+    p.add_argument("--checkpoint_dir", default=None, help="default data/checkpoints/<preset>")
+    p.add_argument("--checkpoint_freq", type=int, default=None, help="also keep epoch_NNNN.pt every N epochs")
+    p.add_argument("--save_best_model", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--resume_from_checkpoint", default="none", metavar="{latest,best,none,PATH}")
+    p.add_argument("--tensorboard_log_dir", default=None, help="default data/tensorboard")
+    p.add_argument("--tensorboard_run_name_prefix", default=None)
+    p.add_argument("--log_freq", type=int, default=None, help="steps between scalar logs")
+    p.add_argument("--log_images", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--log_image_freq_multiplier", type=int, default=None, help="sample images every log_freq x this steps")
+    p.add_argument("--max_minutes", type=float, default=None, help="stop cleanly with a checkpoint after this long")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="predict frames with a trained model: a grid of current | predicted | actual")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all of them)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--scale", type=int, default=2, help="enlarge the grid this many times")
+    p.add_argument("--out", default="grid.png")
+    p.set_defaults(func=cmd_sample)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kitchen_lib.checkpoint import CheckpointError
     from kitchen_lib.pairs import CacheError
+    from kitchen_lib.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (DatasetError, CacheError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, CacheError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

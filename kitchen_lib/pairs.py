@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kitchen_lib.datasets import OFFLINE_DATASET_ID, episode_lengths, fingerprint, iter_episodes
+from kitchen_lib.datasets import OFFLINE_DATASET_ID, SMOKE_DATASET_ID, episode_lengths, fingerprint, iter_episodes
 from kitchen_lib.paths import data_dir
 from kitchen_lib.render import DEFAULT_QUALITY, check_render_args, render_chunks
 
@@ -65,7 +65,7 @@ class PairsConfig:
 
 # Presets by name: the course's CPU default and the original project's GPU setting.
 PAIRS_PRESETS: dict[str, PairsConfig] = {
-    "smoke": PairsConfig(size=32, max_episodes=3),
+    "smoke": PairsConfig(dataset=SMOKE_DATASET_ID, size=32),
     "cpu": PairsConfig(size=64),
     "seed": PairsConfig(size=128),
 }

@@ -1,0 +1,188 @@
+"""The diffusion process: noise schedules, forward noising, training targets, samplers.
+
+Notation (Ho et al. 2020): beta_t is the noise added at step t, alpha_t = 1 - beta_t,
+alpha_bar_t = prod_{s<=t} alpha_s. The forward process jumps straight to any t:
+
+    x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps,    eps ~ N(0, I)
+
+The network sees (x_t, t, current frame) and predicts one of
+    eps  the noise (the original DDPM),
+    v    sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x_0 (Salimans & Ho 2022),
+    x0   the clean future frame itself;
+all three are interchangeable given x_t, which is how the samplers use any of them.
+
+Samplers run the full reverse process from pure noise: DDPM visits all T steps; DDIM
+(Song et al. 2021) visits a chosen subset, deterministic with eta = 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+PREDICTIONS = ("eps", "v", "x0")
+SCHEDULES = ("linear", "cosine")
+
+# model(x_t, t, cond) -> prediction, all (B, C, H, W) but t (B,)
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 1000
+    schedule: str = "linear"  # "linear" (original DDPM) or "cosine" (Nichol & Dhariwal)
+    beta_start: float = 1e-4  # linear schedule only
+    beta_end: float = 0.02  # linear schedule only
+    prediction: str = "eps"  # what the network predicts: "eps", "v" or "x0"
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: choose one of {SCHEDULES}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction target {self.prediction!r}: choose one of {PREDICTIONS}")
+        if self.timesteps < 2:
+            raise ValueError(f"timesteps must be at least 2 (got {self.timesteps})")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1 (got {self.beta_start}, {self.beta_end})")
+
+
+def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), betas clipped at 0.999."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = alpha_bar / alpha_bar[0]
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+
+
+def _gather(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """a[t] shaped (B, 1, 1, 1) to broadcast over images."""
+    return a.to(t.device)[t].float().view(-1, 1, 1, 1)
+
+
+class Diffusion:
+    """A noise schedule and everything derived from it (kept in float64, used in float32)."""
+
+    def __init__(self, cfg: DiffusionConfig = DiffusionConfig()) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.T = cfg.timesteps
+        if cfg.schedule == "linear":
+            betas = linear_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+        else:
+            betas = cosine_betas(cfg.timesteps)
+        self.betas = betas
+        self.alphas = 1 - betas
+        self.alpha_bar = torch.cumprod(self.alphas, 0)
+        self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
+        # Posterior q(x_{t-1} | x_t, x_0): mean = c0 * x_0 + ct * x_t, variance below.
+        self.posterior_var = betas * (1 - self.alpha_bar_prev) / (1 - self.alpha_bar)
+        self.posterior_logvar = torch.log(torch.cat([self.posterior_var[1:2], self.posterior_var[1:]]))
+        self.posterior_c0 = betas * self.alpha_bar_prev.sqrt() / (1 - self.alpha_bar)
+        self.posterior_ct = (1 - self.alpha_bar_prev) * self.alphas.sqrt() / (1 - self.alpha_bar)
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) per step."""
+        return self.alpha_bar / (1 - self.alpha_bar)
+
+    # --- forward process and targets ---------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t from x_0 in one jump."""
+        return _gather(self.alpha_bar.sqrt(), t) * x0 + _gather((1 - self.alpha_bar).sqrt(), t) * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network should output for this (x_0, noise, t)."""
+        if self.cfg.prediction == "eps":
+            return noise
+        if self.cfg.prediction == "x0":
+            return x0
+        return _gather(self.alpha_bar.sqrt(), t) * noise - _gather((1 - self.alpha_bar).sqrt(), t) * x0
+
+    def x0_and_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Turn a network output of any target type into (x_0, eps) estimates."""
+        sa, s1a = _gather(self.alpha_bar.sqrt(), t), _gather((1 - self.alpha_bar).sqrt(), t)
+        if self.cfg.prediction == "eps":
+            return (x_t - s1a * out) / sa, out
+        if self.cfg.prediction == "x0":
+            return out, (x_t - sa * out) / s1a
+        x0 = sa * x_t - s1a * out
+        return x0, s1a * x_t + sa * out
+
+    def training_loss(self, model: Denoiser, x0: torch.Tensor, cond: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared error of the network's output against its target, t uniform."""
+        b = x0.shape[0]
+        t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        out = model(self.q_sample(x0, t, noise), t, cond)
+        return torch.mean((out.float() - self.target(x0, noise, t)) ** 2)
+
+    # --- reverse process -----------------------------------------------------------------
+
+    def _x0_eps(self, model: Denoiser, x: torch.Tensor, t: int, cond: torch.Tensor, clip: bool):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x0, eps = self.x0_and_eps(model(x, tt, cond).float(), x, tt)
+        if clip:  # frames live in [-1, 1]; re-derive eps so the two stay consistent
+            x0 = x0.clamp(-1, 1)
+            eps = (x - _gather(self.alpha_bar.sqrt(), tt) * x0) / _gather((1 - self.alpha_bar).sqrt(), tt)
+        return tt, x0, eps
+
+    @torch.no_grad()
+    def ddpm_sample(self, model: Denoiser, cond: torch.Tensor, generator: torch.Generator | None = None,
+                    clip: bool = True, progress: bool = False) -> torch.Tensor:
+        """Ancestral sampling through all T steps; returns x_0 in [-1, 1], shaped like cond's image."""
+        x = torch.randn(self._shape(model, cond), device=cond.device, generator=generator)
+        for t in tqdm(range(self.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
+            tt, x0, _ = self._x0_eps(model, x, t, cond, clip)
+            mean = _gather(self.posterior_c0, tt) * x0 + _gather(self.posterior_ct, tt) * x
+            if t > 0:
+                noise = torch.randn(x.shape, device=x.device, generator=generator)
+                x = mean + (0.5 * _gather(self.posterior_logvar, tt)).exp() * noise
+            else:
+                x = mean
+        return x.clamp(-1, 1)
+
+    def ddim_timesteps(self, steps: int) -> list[int]:
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"DDIM steps must be between 1 and {self.T} (got {steps})")
+        return sorted({round(float(s)) for s in torch.linspace(self.T - 1, 0, steps)}, reverse=True)
+
+    @torch.no_grad()
+    def ddim_sample(self, model: Denoiser, cond: torch.Tensor, steps: int = 50, eta: float = 0.0,
+                    generator: torch.Generator | None = None, clip: bool = True, progress: bool = False) -> torch.Tensor:
+        """DDIM through `steps` of the T steps (eta=0: deterministic, eta=1: DDPM-like noise)."""
+        x = torch.randn(self._shape(model, cond), device=cond.device, generator=generator)
+        ts = self.ddim_timesteps(steps)
+        for i, t in enumerate(tqdm(ts, desc=f"DDIM-{steps}", disable=not progress, leave=False)):
+            _, x0, eps = self._x0_eps(model, x, t, cond, clip)
+            ab = float(self.alpha_bar[t])
+            ab_prev = float(self.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+            sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+            x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator)
+        return x.clamp(-1, 1)
+
+    def sample(self, model: Denoiser, cond: torch.Tensor, sampler: str = "ddim", steps: int | None = None,
+               eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Predict future frames for a batch of current frames (B, C, H, W) in [-1, 1]."""
+        if sampler == "ddpm":
+            if steps not in (None, self.T):
+                raise ValueError(f"DDPM runs all {self.T} steps; use --sampler ddim for fewer (asked for {steps})")
+            return self.ddpm_sample(model, cond, generator, progress=progress)
+        if sampler == "ddim":
+            return self.ddim_sample(model, cond, steps or 50, eta, generator, progress=progress)
+        raise ValueError(f"unknown sampler {sampler!r}: choose ddpm or ddim")
+
+    @staticmethod
+    def _shape(model: Denoiser, cond: torch.Tensor) -> tuple[int, ...]:
+        channels = getattr(model, "out_channels", cond.shape[1])
+        return (cond.shape[0], channels, *cond.shape[2:])

@@ -1,0 +1,215 @@
+"""The conditional U-Net: (noisy future frame, t, current frame) -> prediction.
+
+The current frame is simply stacked with the noisy future frame on the channel axis (6 input
+channels for RGB, 2 for grayscale): the network sees both at every pixel from the first layer,
+which is all a same-viewpoint prediction needs.
+
+    input  (B, 2C, H, W) --conv--> base channels
+    down   per level: res blocks (+ attention at chosen resolutions), then halve H, W
+    middle res block, attention, res block at the lowest resolution
+    up     per level: res blocks on [features, skip] (+ attention), then double H, W
+    output GroupNorm, SiLU, conv -> (B, C, H, W)
+
+Every res block receives the time embedding: sinusoidal features of t through an MLP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    image_size: int = 128
+    image_channels: int = 3  # 3 for RGB, 1 for grayscale; the input has twice as many
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 3)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = (32,)  # in pixels, e.g. 32 for 128px input
+    time_emb_dim: int = 128
+    time_mlp_dim: int = 512
+    dropout: float = 0.1
+    groups: int = 8  # GroupNorm groups
+    heads: int = 4  # attention heads
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channel_mults"], d["attention_resolutions"] = list(self.channel_mults), list(self.attention_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        d = dict(d)
+        d["channel_mults"], d["attention_resolutions"] = tuple(d["channel_mults"]), tuple(d["attention_resolutions"])
+        return cls(**d)
+
+    def resolutions(self) -> list[int]:
+        """The feature-map sizes of the levels, top to bottom."""
+        return [self.image_size // 2**i for i in range(len(self.channel_mults))]
+
+    def validate(self) -> None:
+        levels = len(self.channel_mults)
+        problems = []
+        if levels < 1 or any(m < 1 for m in self.channel_mults):
+            problems.append(f"channel_mults must be positive whole numbers (got {self.channel_mults})")
+        elif self.image_size % 2 ** (levels - 1):
+            problems.append(f"image_size {self.image_size} is not divisible by 2^{levels - 1} = {2 ** (levels - 1)}, "
+                            f"which {levels} levels of down-sampling need: use a size like "
+                            f"{2 ** (levels - 1) * max(1, round(self.image_size / 2 ** (levels - 1)))} or fewer channel_mults")
+        else:
+            bad = [r for r in self.attention_resolutions if r not in self.resolutions()]
+            if bad:
+                problems.append(f"attention at {bad}px never occurs: the feature maps are {self.resolutions()}px")
+        chans = [self.base_channels * m for m in self.channel_mults] + [self.base_channels]
+        bad_groups = sorted({c for c in chans if c % self.groups})
+        if bad_groups:
+            problems.append(f"GroupNorm groups={self.groups} do not divide channel counts {bad_groups}: "
+                            f"choose base_channels and channel_mults so every level is a multiple of {self.groups}")
+        bad_heads = sorted({c for c, r in zip(chans, self.resolutions(), strict=False) if r in self.attention_resolutions and c % self.heads})
+        if bad_heads:
+            problems.append(f"attention heads={self.heads} do not divide channel counts {bad_heads}")
+        if self.time_emb_dim % 2:
+            problems.append(f"time_emb_dim must be even (got {self.time_emb_dim})")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if problems:
+            raise ValueError("impossible U-Net configuration:\n  " + "\n  ".join(problems))
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B,) timesteps -> (B, dim) sin/cos features at geometrically spaced frequencies."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]  # the time step shifts every channel
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all pixels of a feature map (fused SDPA kernel)."""
+
+    def __init__(self, channels: int, heads: int, groups: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        # (B, heads, HW, c/heads) each
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Level(nn.Module):
+    """Res blocks at one resolution, each optionally followed by attention."""
+
+    def __init__(self, chans: list[tuple[int, int]], emb_dim: int, cfg: UNetConfig, attend: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(ResBlock(i, o, emb_dim, cfg.dropout, cfg.groups) for i, o in chans)
+        self.attn = nn.ModuleList(Attention(o, cfg.heads, cfg.groups) if attend else nn.Identity() for _, o in chans)
+
+
+class ConditionalUNet(nn.Module):
+    def __init__(self, cfg: UNetConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or UNetConfig()
+        cfg.validate()
+        self.cfg = cfg
+        self.out_channels = cfg.image_channels
+        emb_dim = cfg.time_mlp_dim
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.time_emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.inp = nn.Conv2d(2 * cfg.image_channels, cfg.base_channels, 3, padding=1)
+
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]
+        res = cfg.resolutions()
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
+        skips, c = [cfg.base_channels], cfg.base_channels
+        for i, co in enumerate(chans):
+            pairs = []
+            for _ in range(cfg.num_res_blocks):
+                pairs.append((c, co))
+                c = co
+                skips.append(c)
+            self.down.append(Level(pairs, emb_dim, cfg, res[i] in cfg.attention_resolutions))
+            last = i == len(chans) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
+            if not last:
+                skips.append(c)
+
+        self.mid1 = ResBlock(c, c, emb_dim, cfg.dropout, cfg.groups)
+        self.mid_attn = Attention(c, cfg.heads, cfg.groups)
+        self.mid2 = ResBlock(c, c, emb_dim, cfg.dropout, cfg.groups)
+
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for i, co in reversed(list(enumerate(chans))):
+            pairs = []
+            for _ in range(cfg.num_res_blocks + 1):
+                pairs.append((c + skips.pop(), co))
+                c = co
+            self.up.append(Level(pairs, emb_dim, cfg, res[i] in cfg.attention_resolutions))
+            self.upsample.append(nn.Identity() if i == 0 else nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                                                             nn.Conv2d(c, c, 3, padding=1)))
+        self.out = nn.Sequential(nn.GroupNorm(cfg.groups, c), nn.SiLU(), nn.Conv2d(c, cfg.image_channels, 3, padding=1))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x_t, cond: (B, C, H, W); t: (B,) integer steps -> (B, C, H, W)."""
+        if x_t.shape != cond.shape or x_t.shape[1:] != (self.cfg.image_channels, self.cfg.image_size, self.cfg.image_size):
+            want = (self.cfg.image_channels, self.cfg.image_size, self.cfg.image_size)
+            raise ValueError(f"expected noisy and current frames shaped (B, {', '.join(map(str, want))}); "
+                             f"got {tuple(x_t.shape)} and {tuple(cond.shape)}")
+        emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.time_emb_dim))
+        h = self.inp(torch.cat([x_t, cond], dim=1))
+        skips = [h]
+        for level, down in zip(self.down, self.downsample, strict=True):
+            for block, attn in zip(level.blocks, level.attn, strict=True):
+                h = attn(block(h, emb))
+                skips.append(h)
+            if not isinstance(down, nn.Identity):
+                h = down(h)
+                skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for level, up in zip(self.up, self.upsample, strict=True):
+            for block, attn in zip(level.blocks, level.attn, strict=True):
+                h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
+            h = up(h)
+        return self.out(h)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# Named architectures. "seed" is the original project's; "cpu" is the course default.
+UNET_PRESETS: dict[str, UNetConfig] = {
+    "smoke": UNetConfig(image_size=32, base_channels=16, channel_mults=(1, 2), attention_resolutions=(16,),
+                        time_emb_dim=32, time_mlp_dim=64, dropout=0.0),
+    "cpu": UNetConfig(image_size=64, base_channels=32, channel_mults=(1, 2, 3), attention_resolutions=(16,),
+                      time_emb_dim=128, time_mlp_dim=256, dropout=0.1),
+    "seed": UNetConfig(image_size=128, base_channels=32, channel_mults=(1, 2, 3), attention_resolutions=(32,),
+                       time_emb_dim=128, time_mlp_dim=512, dropout=0.1),
+}
