@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from kitchen_lib.diffusion import Diffusion, DiffusionConfig, _gather
+
+
+def test_linear_schedule_endpoints_and_monotone():
+    d = Diffusion(DiffusionConfig(schedule="linear"))
+    assert d.betas[0].item() == pytest.approx(1e-4) and d.betas[-1].item() == pytest.approx(0.02)
+    assert torch.all(d.alpha_bar[1:] < d.alpha_bar[:-1])
+    assert d.alpha_bar[0].item() == pytest.approx(1 - 1e-4)
+    assert d.alpha_bar[-1].item() < 1e-4  # almost pure noise at t = T-1
+
+
+def test_cosine_schedule_keeps_more_signal_mid_way():
+    lin, cos = Diffusion(DiffusionConfig(schedule="linear")), Diffusion(DiffusionConfig(schedule="cosine"))
+    assert torch.all(cos.alpha_bar[1:] < cos.alpha_bar[:-1])
+    assert cos.alpha_bar[0].item() > 0.9999 and cos.alpha_bar[-1].item() < 1e-6
+    assert cos.alpha_bar[500] > 2 * lin.alpha_bar[500]  # the linear one destroys information early
+    assert torch.all(cos.betas <= 0.999)
+
+
+def test_q_sample_statistics():
+    d = Diffusion()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((4000, 1, 2, 2), 0.5)
+    t = torch.full((4000,), 300, dtype=torch.long)
+    xt = d.q_sample(x0, t, torch.randn(x0.shape, generator=g))
+    ab = d.alpha_bar[300].item()
+    assert xt.mean().item() == pytest.approx(0.5 * ab**0.5, abs=0.02)
+    assert xt.std().item() == pytest.approx((1 - ab) ** 0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_targets_invert(prediction):
+    d = Diffusion(DiffusionConfig(prediction=prediction, schedule="cosine"))
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.rand((5, 3, 4, 4), generator=g) * 2 - 1, torch.randn((5, 3, 4, 4), generator=g)
+    # Not t = T-1: there sqrt(alpha_bar) is 5e-5 and x0 from eps is ill-conditioned in float32.
+    t = torch.tensor([0, 10, 500, 900, 980])
+    xt = d.q_sample(x0, t, noise)
+    x0_hat, eps_hat = d.x0_and_eps(d.target(x0, noise, t), xt, t)
+    assert torch.allclose(x0_hat, x0, atol=2e-3) and torch.allclose(eps_hat, noise, atol=2e-3)
+
+
+def oracle(d: Diffusion, x0: torch.Tensor):
+    """A denoiser that knows the clean frame: outputs the exact target for any x_t."""
+    def model(xt, t, cond):
+        eps = (xt - _gather(d.alpha_bar.sqrt(), t) * x0) / _gather((1 - d.alpha_bar).sqrt(), t)
+        return d.target(x0, eps, t)
+    return model
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_samplers_recover_the_frame_with_an_oracle(prediction, schedule):
+    d = Diffusion(DiffusionConfig(prediction=prediction, schedule=schedule))
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand((2, 3, 8, 8), generator=g) * 1.8 - 0.9
+    cond = torch.zeros_like(x0)
+    for sample in (d.ddpm_sample(oracle(d, x0), cond, generator=g),
+                   d.ddim_sample(oracle(d, x0), cond, steps=10, generator=g),
+                   d.ddim_sample(oracle(d, x0), cond, steps=5, eta=1.0, generator=g)):
+        assert torch.allclose(sample, x0, atol=1e-3)
+
+
+def test_samplers_are_deterministic_under_a_seed_and_run_every_step():
+    d = Diffusion()
+    calls = []
+
+    def model(xt, t, cond):  # a fixed, imperfect denoiser
+        calls.append(int(t[0]))
+        return 0.1 * xt + 0.05 * cond
+
+    cond = torch.linspace(-1, 1, 48).view(1, 3, 4, 4)
+    a = d.ddpm_sample(model, cond, generator=torch.Generator().manual_seed(7))
+    assert calls == list(range(999, -1, -1))  # the full reverse process, not a shortcut
+    b = d.ddpm_sample(model, cond, generator=torch.Generator().manual_seed(7))
+    c = d.ddpm_sample(model, cond, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    calls.clear()
+    e = d.ddim_sample(model, cond, steps=10, generator=torch.Generator().manual_seed(7))
+    assert len(calls) == 10 and calls[0] == 999 and calls[-1] == 0
+    assert torch.equal(e, d.ddim_sample(model, cond, steps=10, generator=torch.Generator().manual_seed(7)))
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        Diffusion(DiffusionConfig(schedule="quadratic"))
+    with pytest.raises(ValueError, match="prediction"):
+        Diffusion(DiffusionConfig(prediction="score"))
+    d = Diffusion()
+    with pytest.raises(ValueError, match="DDPM runs all"):
+        d.sample(lambda x, t, c: x, torch.zeros(1, 3, 4, 4), "ddpm", steps=10)
+    with pytest.raises(ValueError, match="DDIM steps"):
+        d.ddim_timesteps(0)

@@ -1,0 +1,148 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
+from kitchen_lib.train import RUN_PRESETS, Trainer, TrainingDiverged, train, with_overrides
+
+
+def smoke_cfg(small_dataset, ckpt_dir, **train_fields):
+    return with_overrides(RUN_PRESETS["smoke"], data={"dataset": small_dataset},
+                          train={"checkpoint_dir": str(ckpt_dir), "tensorboard_dir": str(ckpt_dir / "tb"), **train_fields})
+
+
+def losses(ckpt_dir):
+    rows = [json.loads(line) for line in (ckpt_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}, [r["val_loss"] for r in rows if "val_loss" in r]
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cli_train(small_dataset, ckpt_dir, *extra):
+    return [sys.executable, "-m", "kitchen_lib", "train", "--preset", "smoke", "--dataset", small_dataset,
+            "--checkpoint_dir", str(ckpt_dir), "--tensorboard_log_dir", str(ckpt_dir / "tb"), "--epochs", "12",
+            "--checkpoint_freq", "1", "--no-log_images", *extra]
+
+
+def test_kill_and_resume_continues_as_if_never_stopped(small_pairs, small_dataset, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_cli_train(small_dataset, straight), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cli_train(small_dataset, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "epoch_0003.pt").exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stopped_at = load_checkpoint(killed / "latest.pt")["epoch"]
+    # epoch_0003.pt is written just before latest.pt: the kill may fall between the two.
+    assert 2 <= stopped_at < 12
+    subprocess.run(_cli_train(small_dataset, killed, "--resume_from_checkpoint", "latest"), check=True, capture_output=True)
+
+    a, va = losses(straight)
+    b, vb = losses(killed)
+    assert sorted(a) == sorted(b) == list(range(1, 12 * 7 + 1))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), f"step {step}"
+    assert vb == pytest.approx(va, rel=1e-5)
+    # The resumed model ends where the uninterrupted one does.
+    ma, mb = load_checkpoint(straight / "latest.pt")["model"], load_checkpoint(killed / "latest.pt")["model"]
+    assert all(torch.allclose(ma[k], mb[k], atol=1e-5) for k in ma)
+
+
+def test_checkpoint_contents_and_best_by_validation(small_pairs, small_dataset, tmp_path):
+    r = train(smoke_cfg(small_dataset, tmp_path, epochs=3), progress=False)
+    s = load_checkpoint(tmp_path / "latest.pt")
+    assert {"model", "ema", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config"} <= set(s)
+    assert s["epoch"] == 3 and s["step"] == r.steps and s["config"]["model"]["base_channels"] == 16
+    _, vals = losses(tmp_path)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["last_val_loss"] == pytest.approx(min(vals))  # best by validation, not training, loss
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
+
+
+def test_corrupt_latest_gives_clear_error_and_best_is_intact(small_pairs, small_dataset, tmp_path):
+    cfg = smoke_cfg(small_dataset, tmp_path, epochs=2)
+    train(cfg, progress=False)
+    best_hash = sha(tmp_path / "best.pt")
+    data = (tmp_path / "latest.pt").read_bytes()
+    (tmp_path / "latest.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Trainer(cfg, resume="latest", progress=False)
+    assert sha(tmp_path / "best.pt") == best_hash
+    Trainer(with_overrides(cfg, train={"epochs": 3}), resume="best", progress=False).fit()  # best still works
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo this should never run",))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_fresh_run_never_overwrites_and_mismatched_resume_names_fields(small_pairs, small_dataset, tmp_path):
+    cfg = smoke_cfg(small_dataset, tmp_path, epochs=1)
+    train(cfg, progress=False)
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        Trainer(cfg, progress=False)
+    other = with_overrides(cfg, model={"base_channels": 32, "time_emb_dim": 64})
+    with pytest.raises(CheckpointError) as e:
+        Trainer(other, resume="latest", progress=False)
+    assert "model.base_channels: checkpoint 16, now 32" in str(e.value) and "model.time_emb_dim" in str(e.value)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_checkpoints(small_pairs, small_dataset, tmp_path):
+    cfg = smoke_cfg(small_dataset, tmp_path, epochs=1)
+    train(cfg, progress=False)
+    latest = sha(tmp_path / "latest.pt")
+    trainer = Trainer(with_overrides(cfg, train={"epochs": 2}), resume="latest", progress=False)
+    with torch.no_grad():
+        trainer.model.inp.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        trainer.fit()
+    assert sha(tmp_path / "latest.pt") == latest
+
+
+def test_time_budget_stops_cleanly_then_resumes(small_pairs, small_dataset, tmp_path):
+    cfg = smoke_cfg(small_dataset, tmp_path, epochs=3, max_minutes=1e-6)
+    r = train(cfg, progress=False)
+    assert r.stopped_early and r.steps == 1
+    s = load_checkpoint(tmp_path / "latest.pt")
+    assert (s["epoch"], s["batch_in_epoch"], s["step"]) == (0, 1, 1)
+    r2 = train(with_overrides(cfg, train={"max_minutes": None}), resume="latest", progress=False)
+    assert not r2.stopped_early and r2.steps == 3 * 7
+
+
+def test_tensorboard_has_scalars_images_hparams_and_graph(small_pairs, small_dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = train(smoke_cfg(small_dataset, tmp_path, epochs=2), progress=False)
+    acc = EventAccumulator(str(r.tensorboard_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    assert {"loss/train", "loss/val", "lr", "grad_norm"} <= set(tags["scalars"])
+    assert "samples/current|predicted|actual" in tags["images"]
+    img = acc.Images("samples/current|predicted|actual")[0]
+    assert img.width > 3 * 32 and img.height > 4 * 32  # rows of current | predicted | actual
+    assert acc.Graph() is not None
+    assert len(acc.Scalars("loss/val")) == 2
+    hp_runs = [d for d in tmp_path.rglob("events.out.tfevents.*")]
+    assert any("hparams" in str(EventAccumulator(str(p.parent)).Reload().Tags().get("tensors", [])) or
+               EventAccumulator(str(p.parent)).Reload().PluginTagToContent("hparams") for p in hp_runs)

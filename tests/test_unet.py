@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from kitchen_lib.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, count_parameters
+
+
+@pytest.mark.parametrize("size,attn", [(32, 8), (64, 16), (128, 32)])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_shapes(size, attn, channels):
+    cfg = UNetConfig(image_size=size, image_channels=channels, base_channels=16, attention_resolutions=(attn,),
+                     time_emb_dim=32, time_mlp_dim=64)
+    net = ConditionalUNet(cfg)
+    assert net.inp.in_channels == 2 * channels  # noisy future stacked with the current frame
+    x = torch.randn(2, channels, size, size)
+    assert net(x, torch.tensor([0, 999]), x).shape == (2, channels, size, size)
+
+
+def test_seed_preset_is_the_original_architecture():
+    cfg = UNET_PRESETS["seed"]
+    assert (cfg.image_size, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks, cfg.attention_resolutions,
+            cfg.time_emb_dim, cfg.time_mlp_dim, cfg.dropout) == (128, 32, (1, 2, 3), 1, (32,), 128, 512, 0.1)
+    assert 1_500_000 < count_parameters(ConditionalUNet(cfg)) < 3_000_000
+
+
+def test_output_depends_on_time_and_condition():
+    net = ConditionalUNet(UNET_PRESETS["smoke"]).eval()
+    x, c = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    out = net(x, torch.tensor([10]), c)
+    assert not torch.allclose(out, net(x, torch.tensor([900]), c))
+    assert not torch.allclose(out, net(x, torch.tensor([10]), -c))
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(image_size=30), r"not divisible by 2\^2"),
+    (dict(attention_resolutions=(8,)), "never occurs"),
+    (dict(base_channels=12), "groups=8 do not divide"),
+    (dict(base_channels=24, groups=16), "groups=16 do not divide"),
+    (dict(base_channels=30, groups=5), "heads=4 do not divide"),
+])
+def test_impossible_configurations_fail_at_construction(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ConditionalUNet(UNetConfig(**fields))
+
+
+def test_wrong_input_shape_says_what_it_expects():
+    net = ConditionalUNet(UNET_PRESETS["smoke"])
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        net(x, torch.tensor([1]), x)
