@@ -11,7 +11,6 @@ from pathlib import Path
 from kitchen_lib.datasets import (
     D4RL_DATASET_IDS,
     OFFLINE_DATASET_ID,
-    SMOKE_DATASET_ID,
     DatasetError,
     generate_dataset,
     is_local,
@@ -82,23 +81,47 @@ def _format_summary(s: dict) -> str:
 
 
 def cmd_quickstart(a: argparse.Namespace) -> None:
-    """The main job: make the offline dataset if needed, build its pairs, summarise."""
+    """The main job: make the offline dataset if needed, build its pairs, train, sample."""
     from kitchen_lib.baselines import copy_baseline
+    from kitchen_lib.images import save_png
+    from kitchen_lib.inference import load_predictor, prediction_grid
     from kitchen_lib.pairs import build_pairs
+    from kitchen_lib.paths import data_dir
+    from kitchen_lib.train import RUN_PRESETS, train
 
-    dataset = SMOKE_DATASET_ID if a.smoke else OFFLINE_DATASET_ID
+    preset = "smoke" if a.smoke else "cpu"
+    cfg = RUN_PRESETS[preset]
+    dataset = cfg.data.dataset
     episodes, max_steps = (SMOKE_EPISODES, SMOKE_MAX_STEPS) if a.smoke else (DEFAULT_EPISODES, DEFAULT_MAX_STEPS)
+    print(f"== 1/4 dataset {dataset}")
     if not is_local(dataset):
         cmd_generate(argparse.Namespace(dataset=dataset, episodes=episodes, seed=0, max_steps=max_steps,
                                         overwrite=False, random_actions=False))
-    a.dataset, a.max_episodes = dataset, None
-    a.size = a.size or (32 if a.smoke else 64)
+    else:
+        print("already in the Minari store")
+    print(f"== 2/4 frame pairs (k={cfg.data.k}, {cfg.data.size}px)")
     t0 = time.time()
-    cache = build_pairs(_pairs_config(a), progress=True)
+    cache = build_pairs(cfg.data, progress=True)
     print(_format_summary(cache.summary() | {"seconds": round(time.time() - t0, 2)}))
     base = copy_baseline(cache, "test")
-    print(f"copy-the-current-frame baseline on the test episodes at k={a.k}: "
-          f"PSNR {base['psnr']:.2f} dB, {base['changed_fraction']:.1%} of pixels change by > 0.05")
+    print(f"copy-the-current-frame baseline on the test episodes: PSNR {base['psnr']:.2f} dB, "
+          f"{base['changed_fraction']:.1%} of pixels change by > 0.05")
+    ckpt = cfg.checkpoint_dir()
+    print(f"== 3/4 train (preset {preset}) into {ckpt}")
+    if (ckpt / "latest.pt").exists():
+        print("a run is already there: using it (resume it with `python -m kitchen_lib train --preset "
+              f"{preset} --resume_from_checkpoint latest`, or delete the folder to start over)")
+    else:
+        r = train(cfg)
+        print(f"{r.steps} steps in {r.seconds / 60:.1f} min, validation loss {r.final_val_loss:.5f}; "
+              f"TensorBoard: tensorboard --logdir {r.tensorboard_dir.parent}")
+    print("== 4/4 sample predictions on the test episodes")
+    best = ckpt / "best.pt" if (ckpt / "best.pt").exists() else ckpt / "latest.pt"
+    predictor = load_predictor(best)
+    t0 = time.time()
+    grid = prediction_grid(predictor, cache, "test", n=6, sampler="ddim", steps=50)
+    out = save_png(grid, data_dir() / "samples" / f"quickstart_{preset}.png", scale=2)
+    print(f"wrote {out}: rows of current | predicted (DDIM-50) | actual ({(time.time() - t0) / 6:.2f}s per frame)")
 
 
 def run_config_from_args(a: argparse.Namespace):
@@ -187,12 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m kitchen_lib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("quickstart", help="generate the offline dataset (if missing), build its pairs, summarise")
-    p.add_argument("--smoke", action="store_true", help="tiny dataset and frames: a check that everything runs")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--size", type=int, default=None, help="frame size (default 64, or 32 with --smoke)")
-    p.add_argument("--grayscale", action="store_true")
-    p.add_argument("--quality", choices=QUALITIES, default=DEFAULT_QUALITY)
+    p = sub.add_parser("quickstart", help="the main job: dataset (if missing), pairs, train the cpu preset, sample grid")
+    p.add_argument("--smoke", action="store_true", help="tiny dataset, frames and model: a one-minute check that all runs")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("generate", help="run the scripted expert and write a local Minari dataset")

@@ -1,4 +1,4 @@
-"""Every test (and every notebook nbval runs) uses a temporary Minari store and data folder,
+"""Every test, and every notebook nbval runs, uses a temporary Minari store and data folder,
 so nothing in the user's ~/.minari or data/ is read or written."""
 
 from __future__ import annotations
@@ -42,3 +42,9 @@ def env():
     e = make_env(render_mode="rgb_array", width=128, height=128)
     yield e
     e.close()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
