@@ -1,4 +1,4 @@
-"""Command line: `python -m kitchen_lib {quickstart,generate,render,pairs,train,sample} ...`."""
+"""Command line: `python -m kitchen_lib {quickstart,generate,render,pairs,train,sample,evaluate,rollout} ...`."""
 
 from __future__ import annotations
 
@@ -170,6 +170,7 @@ def run_config_from_args(a: argparse.Namespace):
     if a.log_image_freq_multiplier is not None:
         train["log_image_every"] = (a.log_freq or base.train.log_freq) * a.log_image_freq_multiplier
     set_if(train, "max_minutes", a.max_minutes)
+    set_if(train, "objective", a.objective)
     return with_overrides(base, data=data, model=model, diffusion=diff, train=train)
 
 
@@ -199,11 +200,56 @@ def cmd_sample(a: argparse.Namespace) -> None:
         open_dataset(a.dataset)
     cache = pairs_for(predictor, a.dataset)
     t0 = time.time()
+    a.steps = _ddim_steps(a, 50)
     grid = prediction_grid(predictor, cache, a.split, a.n, a.sampler, a.steps, a.seed)
     out = save_png(grid, a.out, scale=a.scale)
     steps = predictor.diffusion.T if a.sampler == "ddpm" else a.steps
     print(f"wrote {out}: {a.n} rows of current | predicted ({a.sampler}, {steps} steps) | actual, "
           f"{(time.time() - t0) / a.n:.2f}s per predicted frame")
+
+
+def _ddim_steps(a: argparse.Namespace, default: int) -> int | None:
+    """--steps applies to DDIM; DDPM always runs every step, and asking it for fewer is an error."""
+    if a.sampler == "ddpm":
+        if a.steps is not None:
+            raise ValueError("--steps is for DDIM; DDPM always runs all of the model's diffusion steps")
+        return None
+    return a.steps or default
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from kitchen_lib.evaluate import evaluate, format_table, load_with_regression
+    from kitchen_lib.inference import pairs_for
+
+    predictor, regression = load_with_regression(a.checkpoint, a.regression, device=a.device or "auto")
+    if a.dataset:
+        open_dataset(a.dataset)
+    cache = pairs_for(predictor, a.dataset)
+    result = evaluate(predictor, cache, a.split, a.sampler, _ddim_steps(a, 50), regression, a.max_pairs, a.seed)
+    print(format_table(result))
+    if regression is None:
+        print("(no regression baseline: train one with --objective regression, or pass --regression PATH)")
+    if a.json:
+        out = Path(a.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
+        print(f"wrote {out}")
+
+
+def cmd_rollout(a: argparse.Namespace) -> None:
+    from kitchen_lib.inference import load_predictor, pairs_for
+    from kitchen_lib.rollout import rollout, save_animation
+
+    predictor = load_predictor(a.checkpoint, device=a.device or "auto")
+    if a.dataset:
+        open_dataset(a.dataset)
+    cache = pairs_for(predictor, a.dataset)
+    r = rollout(predictor, cache.episode_frames(a.episode), a.start, a.horizon, a.sampler, _ddim_steps(a, 20), a.seed)
+    out = save_animation(r.side_by_side(), a.out, fps=a.fps)
+    print(f"wrote {out}: {a.horizon} steps of k={predictor.k} from step {a.start} of episode {a.episode} "
+          f"(truth | prediction | difference); PSNR per step: {' '.join(f'{p:.1f}' for p in r.psnr[1:])}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log_images", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--log_image_freq_multiplier", type=int, default=None, help="sample images every log_freq x this steps")
     p.add_argument("--max_minutes", type=float, default=None, help="stop cleanly with a checkpoint after this long")
+    p.add_argument("--objective", choices=["diffusion", "regression"], default=None,
+                   help="regression: the deterministic baseline, the same U-Net trained with MSE on the future frame "
+                        "(default folder data/checkpoints/<preset>-regression)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="predict frames with a trained model: a grid of current | predicted | actual")
@@ -289,12 +338,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all of them)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50); DDPM always runs all T")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--scale", type=int, default=2, help="enlarge the grid this many times")
     p.add_argument("--out", default="grid.png")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="score the model and the baselines on held-out episodes")
+    p.add_argument("--checkpoint", required=True, help="the diffusion model's checkpoint")
+    p.add_argument("--regression", default=None, help="regression baseline checkpoint (default: <run>-regression beside it)")
+    p.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50); DDPM always runs all T")
+    p.add_argument("--max_pairs", type=int, default=None, help="evaluate an evenly spread subset (DDPM-1000 is slow)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("rollout", help="feed predictions back for N steps; write truth | prediction | difference as GIF/MP4")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--episode", type=int, default=0)
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--horizon", type=int, default=20)
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 20); DDPM always runs all T")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=float, default=4.0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="rollout.gif")
+    p.set_defaults(func=cmd_rollout)
     return ap
 
 

@@ -12,7 +12,7 @@ from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
 from kitchen_lib.diffusion import Diffusion
 from kitchen_lib.images import image_grid
 from kitchen_lib.pairs import PairsCache, build_pairs, to_image, to_tensor
-from kitchen_lib.train import RunConfig, build_model, pick_device
+from kitchen_lib.train import RunConfig, build_model, pick_device, regression_predict
 from kitchen_lib.unet import ConditionalUNet
 
 
@@ -35,9 +35,20 @@ class Predictor:
         if frames.shape[1:] != want:
             raise ValueError(f"this model takes frames shaped {want} (H, W, C); got {frames.shape[1:]}")
         cond = to_tensor(frames).to(self.device)
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        out = to_image(self.diffusion.sample(self.model, cond, sampler, steps, eta, generator=g, progress=progress))
+        if self.objective == "regression":
+            out = to_image(regression_predict(self.model, cond).clamp(-1, 1))
+        else:
+            g = torch.Generator(device=self.device).manual_seed(seed)
+            out = to_image(self.diffusion.sample(self.model, cond, sampler, steps, eta, generator=g, progress=progress))
         return out[0] if single else out
+
+    @property
+    def objective(self) -> str:
+        return self.config.train.objective
+
+    @property
+    def k(self) -> int:
+        return self.config.data.k
 
 
 def load_predictor(checkpoint: str | Path, ema: bool = True, device: str = "auto") -> Predictor:

@@ -29,6 +29,18 @@ from kitchen_lib.pairs import PAIRS_PRESETS, FramePairs, PairsConfig, build_pair
 from kitchen_lib.paths import data_dir
 from kitchen_lib.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, count_parameters
 
+OBJECTIVES = ("diffusion", "regression")
+
+
+def regression_loss(model, fut: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """The deterministic baseline: predict the future frame in one pass (no noise, t = 0)."""
+    return torch.mean((regression_predict(model, cur).float() - fut) ** 2)
+
+
+def regression_predict(model, cur: torch.Tensor) -> torch.Tensor:
+    zeros = torch.zeros_like(cur)
+    return model(zeros, torch.zeros(cur.shape[0], dtype=torch.long, device=cur.device), cur)
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoints are kept."""
@@ -57,6 +69,11 @@ class TrainConfig:
     log_image_every: int = 200  # steps between sample-prediction images
     sample_steps: int = 20  # DDIM steps for the logged sample predictions
     max_minutes: float | None = None  # stop cleanly, with a checkpoint, after this long
+    objective: str = "diffusion"  # or "regression": the same network, MSE straight to the future frame
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +96,10 @@ class RunConfig:
                    diffusion=DiffusionConfig(**d["diffusion"]), train=TrainConfig(**d["train"]), preset=d.get("preset", "custom"))
 
     def checkpoint_dir(self) -> Path:
-        return Path(self.train.checkpoint_dir) if self.train.checkpoint_dir else data_dir() / "checkpoints" / self.preset
+        if self.train.checkpoint_dir:
+            return Path(self.train.checkpoint_dir)
+        suffix = "" if self.train.objective == "diffusion" else f"-{self.train.objective}"
+        return data_dir() / "checkpoints" / f"{self.preset}{suffix}"
 
 
 RUN_PRESETS: dict[str, RunConfig] = {
@@ -151,6 +171,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False) -> None:
         self.cfg, self.progress = cfg, progress
         t = cfg.train
+        t.validate()
         self.device = pick_device(t.device)
         self.ckpt_dir = cfg.checkpoint_dir()
         state = None
@@ -255,6 +276,11 @@ class Trainer:
             if i >= start:
                 yield i, batch
 
+    def _loss(self, net, fut: torch.Tensor, cur: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.cfg.train.objective == "regression":
+            return regression_loss(net, fut, cur)
+        return self.diffusion.training_loss(net, fut, cur, generator=generator)
+
     @torch.no_grad()
     def validate(self) -> float:
         """Mean loss of the EMA weights on the validation episodes, with fixed noise."""
@@ -265,7 +291,7 @@ class Trainer:
         for cur, fut in loader:
             cur, fut = cur.to(self.device), fut.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                loss = self.diffusion.training_loss(net, fut, cur, generator=g)
+                loss = self._loss(net, fut, cur, g)
             total += float(loss) * len(cur)
             n += len(cur)
         return total / max(n, 1)
@@ -277,7 +303,10 @@ class Trainer:
         cur = torch.stack([self.val_set[i][0] for i in idx]).to(self.device)
         fut = torch.stack([self.val_set[i][1] for i in idx])
         g = torch.Generator(device=self.device).manual_seed(0)
-        pred = self.diffusion.ddim_sample(self.ema.module.eval(), cur, steps=self.cfg.train.sample_steps, generator=g)
+        if self.cfg.train.objective == "regression":
+            pred = regression_predict(self.ema.module.eval(), cur).clamp(-1, 1)
+        else:
+            pred = self.diffusion.ddim_sample(self.ema.module.eval(), cur, steps=self.cfg.train.sample_steps, generator=g)
         imgs = [to_image(x) for x in (cur, pred, fut)]
         return image_grid([[imgs[0][i], imgs[1][i], imgs[2][i]] for i in range(n)])
 
@@ -332,7 +361,7 @@ class Trainer:
 
     def _train_step(self, cur: torch.Tensor, fut: torch.Tensor) -> tuple[float, float]:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            loss = self.diffusion.training_loss(self.model, fut, cur, generator=self.noise_gen)
+            loss = self._loss(self.model, fut, cur, self.noise_gen)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {float(loss)} at step {self.step + 1} (epoch {self.epoch}); stopped without saving. "

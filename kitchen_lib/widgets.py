@@ -50,3 +50,95 @@ class FramePlayer(widgets.VBox):
             self.label.value = self._caption[t]
         else:
             self.label.value = f"step {t} / {len(self.frames) - 1}"
+
+
+class PredictionDemo(widgets.VBox):
+    """Scrub any episode and watch the model predict k steps ahead.
+
+    current | predicted | actual | |predicted - actual|, with the time the prediction took and
+    its PSNR against the truth (and the copy baseline's), updated as the controls change. A
+    button runs a short autoregressive rollout and shows it as an animation.
+    """
+
+    def __init__(self, predictor, cache, sampler: str = "ddim", steps: int = 20, scale: int = 3,
+                 rollout_horizon: int = 8) -> None:
+        from kitchen_lib.metrics import PSNR_CAP, psnr
+
+        self._psnr = lambda a, b: min(psnr(a, b), PSNR_CAP)
+        self.predictor, self.cache, self._scale, self.rollout_horizon = predictor, cache, scale, rollout_horizon
+        self.k = predictor.k
+        eps = cache.meta["episodes"]
+        first = next((e["index"] for e in eps if e["split"] == "test"), eps[0]["index"])
+        self.episode = widgets.Dropdown(options=[(f"episode {e['index']} ({e['split']})", e["index"]) for e in eps],
+                                        value=first, description="episode")
+        self.play = widgets.Play(min=0, max=1, interval=800, description="play")
+        self.slider = widgets.IntSlider(min=0, max=1, description="step", continuous_update=False)
+        widgets.link((self.play, "value"), (self.slider, "value"))
+        self.sampler = widgets.ToggleButtons(options=["ddim", "ddpm"], value=sampler, description="sampler")
+        self.steps = widgets.IntSlider(min=1, max=200, value=steps, description="DDIM steps", continuous_update=False)
+        titles = ["current", f"predicted (+{self.k})", f"actual (+{self.k})", "|predicted - actual|"]
+        self.images = [widgets.Image(format="png") for _ in titles]
+        panels = [widgets.VBox([widgets.Label(t), img]) for t, img in zip(titles, self.images, strict=True)]
+        self.info = widgets.Label()
+        self.rollout_button = widgets.Button(description=f"Rollout {rollout_horizon} steps", icon="play")
+        self.rollout_view = widgets.Image(format="gif")
+        self.rollout_info = widgets.Label()
+        self.last: dict[str, float] = {}
+        self.episode.observe(self._on_episode, names="value")
+        for w in (self.slider, self.sampler, self.steps):
+            w.observe(self._refresh, names="value")
+        self.rollout_button.on_click(self.run_rollout)
+        super().__init__([
+            widgets.HBox([self.episode, self.sampler, self.steps]),
+            widgets.HBox([self.play, self.slider]),
+            widgets.HBox(panels), self.info,
+            widgets.HBox([self.rollout_button, self.rollout_info]), self.rollout_view,
+        ])
+        self._on_episode()
+
+    def _frames(self) -> np.ndarray:
+        return self.cache.episode_frames(self.episode.value)
+
+    def _on_episode(self, change: dict | None = None) -> None:
+        last = len(self._frames()) - 1 - self.k  # the last step with a true future
+        with self.slider.hold_trait_notifications():
+            self.slider.max = self.play.max = last
+            self.slider.value = min(self.slider.value, last)
+        self._refresh()
+
+    def _ddim_steps(self) -> int | None:
+        return None if self.sampler.value == "ddpm" else self.steps.value  # DDPM always runs all T steps
+
+    def _refresh(self, change: dict | None = None) -> None:
+        import time
+
+        self.steps.disabled = self.sampler.value == "ddpm"
+        frames, t = self._frames(), self.slider.value
+        current, actual = frames[t], frames[t + self.k]
+        t0 = time.perf_counter()
+        pred = self.predictor.predict(current, self.sampler.value, self._ddim_steps(), seed=t)
+        seconds = time.perf_counter() - t0
+        diff = np.clip(np.abs(pred.astype(np.int16) - actual.astype(np.int16)) * 3, 0, 255).astype(np.uint8)
+        for img, frame in zip(self.images, (current, pred, actual, diff), strict=True):
+            img.value = png_bytes(frame, self._scale)
+        self.last = {"step": t, "seconds": seconds, "psnr": self._psnr(actual, pred), "copy_psnr": self._psnr(actual, current)}
+        n = self.predictor.diffusion.T if self.sampler.value == "ddpm" else self.steps.value
+        self.info.value = (f"step {t}: predicted in {seconds:.2f} s ({self.sampler.value}, {n} network passes); "
+                           f"PSNR {self.last['psnr']:.2f} dB (copying the current frame: {self.last['copy_psnr']:.2f} dB)")
+
+    def run_rollout(self, button=None) -> None:
+        import imageio.v3 as iio
+
+        from kitchen_lib.rollout import max_horizon, rollout
+
+        frames, t = self._frames(), self.slider.value
+        horizon = min(self.rollout_horizon, max_horizon(len(frames), t, self.k))
+        if horizon < 1:
+            self.rollout_info.value = "too close to the episode's end for a rollout: move the slider back"
+            return
+        r = rollout(self.predictor, frames, t, horizon, self.sampler.value, self._ddim_steps(), seed=t)
+        big = np.repeat(np.repeat(r.side_by_side(), self._scale, 1), self._scale, 2)
+        self.rollout_view.value = iio.imwrite("<bytes>", big, extension=".gif", duration=500, loop=0)
+        self.rollout_frames = len(big)
+        self.rollout_info.value = (f"truth | prediction | difference, {horizon} steps of k={self.k} from step {t}; "
+                                   f"PSNR per step: {' '.join(f'{p:.1f}' for p in r.psnr[1:])}")

@@ -1,0 +1,141 @@
+"""Held-out evaluation of a model against the baselines.
+
+Methods: the diffusion model (with a chosen sampler), copy-the-current-frame, and, when a
+checkpoint is given or found beside the diffusion one, the deterministic regression U-Net.
+The JSON layout (stable, for other tools):
+
+    {"dataset": str, "split": str, "pairs": int, "k": int, "size": int,
+     "sampler": str, "steps": int,
+     "methods": {"diffusion":  {"psnr", "ssim", "psnr_moving", "ssim_moving", "seconds_per_frame"},
+                 "copy":       {... same keys ...},
+                 "regression": {... same keys ...}},          # when available
+     "per_task": {"microwave": {"pairs": int, "methods": {... as above, without seconds ...}}, ...}}
+
+PSNR in dB (capped at 60), SSIM in [-1, 1]; "_moving" scores are over pixels where the current
+and true future frames differ by more than 0.05, averaged over pairs that have any.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kitchen_lib.datasets import iter_episodes
+from kitchen_lib.inference import Predictor, load_predictor
+from kitchen_lib.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES, state_from_observation
+from kitchen_lib.metrics import frame_scores, summarise
+from kitchen_lib.pairs import PairsCache
+
+# A task "moves" in a pair when its joints change by more than this between t and t+k.
+TASK_MOTION = 0.01
+
+
+def regression_beside(checkpoint: str | Path) -> Path | None:
+    """data/checkpoints/cpu/best.pt -> data/checkpoints/cpu-regression/best.pt, if it exists."""
+    p = Path(checkpoint)
+    for name in (p.name, "best.pt", "latest.pt"):
+        candidate = p.parent.with_name(p.parent.name + "-regression") / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def select_pairs(cache: PairsCache, split: str, max_pairs: int | None) -> np.ndarray:
+    """(N, 2) (episode, step) rows of a split ('all': every split), evenly thinned to max_pairs."""
+    splits = ("train", "val", "test") if split == "all" else (split,)
+    rows = np.concatenate([cache.pairs(s) for s in splits])
+    if len(rows) == 0:
+        raise ValueError(f"the {split} split has no pairs")
+    if max_pairs is not None and len(rows) > max_pairs:
+        rows = rows[np.linspace(0, len(rows) - 1, max_pairs).astype(int)]
+    return rows
+
+
+def moving_tasks(cache: PairsCache, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """For each task, a bool per pair: do its joints move between step t and t+k?"""
+    k = cache.meta["config"]["k"]
+    out = {t: np.zeros(len(rows), bool) for t in COMPLETE_TASKS}
+    for ep in iter_episodes(cache.meta["config"]["dataset"], sorted({int(e) for e in rows[:, 0]})):
+        sel = np.flatnonzero(rows[:, 0] == ep.index)
+        qpos = np.stack([state_from_observation(o)[0] for o in ep.observations])
+        for task in COMPLETE_TASKS:
+            idx = TASK_QPOS_INDICES[task]
+            steps = rows[sel, 1]
+            delta = np.linalg.norm(qpos[steps + k][:, idx] - qpos[steps][:, idx], axis=1)
+            out[task][sel] = delta > TASK_MOTION
+    return out
+
+
+def _frames(cache: PairsCache, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    first = {e["index"]: e["first_frame"] for e in cache.meta["episodes"]}
+    cur_idx = np.array([first[int(e)] + int(t) for e, t in rows])
+    return np.asarray(cache.frames[cur_idx]), np.asarray(cache.frames[cur_idx + cache.meta["config"]["k"]])
+
+
+def _predict_all(p: Predictor, cur: np.ndarray, sampler: str, steps: int | None, seed: int, batch: int) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    out = np.concatenate([p.predict(cur[i : i + batch], sampler, steps, seed=seed + i) for i in range(0, len(cur), batch)])
+    return out, (time.perf_counter() - t0) / len(cur)
+
+
+def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: str = "ddim", steps: int | None = 50,
+             regression: Predictor | None = None, max_pairs: int | None = None, seed: int = 0, batch: int = 64,
+             progress: bool = True) -> dict:
+    """Score the model and the baselines on the pairs of a split; returns the documented dict."""
+    from tqdm.auto import tqdm
+
+    want = (predictor.config.data.size, predictor.config.data.channels, predictor.config.data.k)
+    have = (cache.meta["config"]["size"], cache.frames.shape[-1], cache.meta["config"]["k"])
+    if want != have:
+        raise ValueError(f"the model was trained on (size, channels, k) = {want} but these pairs are {have}: "
+                         f"build pairs with the model's settings")
+    rows = select_pairs(cache, split, max_pairs)
+    cur, fut = _frames(cache, rows)
+    preds = {"copy": (cur, 0.0)}
+    preds["diffusion"] = _predict_all(predictor, cur, sampler, steps, seed, batch)
+    if regression is not None:
+        preds["regression"] = _predict_all(regression, cur, sampler, steps, seed, batch)
+    scores = {m: [frame_scores(c, f, p) for c, f, p in tqdm(zip(cur, fut, pr, strict=True), total=len(cur),
+                                                              desc=f"score {m}", disable=not progress, leave=False)]
+              for m, (pr, _) in preds.items()}
+    methods = {m: summarise(s) | {"seconds_per_frame": preds[m][1]} for m, s in scores.items()}
+    per_task = {}
+    for task, moving in moving_tasks(cache, rows).items():
+        sel = np.flatnonzero(moving)
+        per_task[task] = {"pairs": int(len(sel)),
+                          "methods": {m: summarise([s[i] for i in sel]) if len(sel) else {} for m, s in scores.items()}}
+    return {
+        "dataset": cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
+        "sampler": sampler, "steps": predictor.diffusion.T if sampler == "ddpm" else steps,
+        "methods": methods, "per_task": per_task,
+    }
+
+
+def format_table(result: dict) -> str:
+    """The methods as a plain-text table."""
+    head = f"{'method':12s} {'PSNR':>7s} {'SSIM':>6s} {'PSNR mov':>9s} {'SSIM mov':>9s} {'s/frame':>8s}"
+    lines = [f"{result['dataset']} / {result['split']}: {result['pairs']} pairs, k={result['k']}, {result['size']}px, "
+             f"diffusion sampled with {result['sampler']}-{result['steps']}", head, "-" * len(head)]
+    for m, r in result["methods"].items():
+        lines.append(f"{m:12s} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['psnr_moving']:9.2f} {r['ssim_moving']:9.3f} "
+                     f"{r['seconds_per_frame']:8.3f}")
+    lines.append("moving-pixel PSNR by task (pairs where the task's object moves):")
+    for task, r in result["per_task"].items():
+        vals = ", ".join(f"{m} {v['psnr_moving']:.2f}" for m, v in r["methods"].items() if v)
+        lines.append(f"  {task:14s} {r['pairs']:5d} pairs  {vals or '-'}")
+    return "\n".join(lines)
+
+
+def load_with_regression(checkpoint: str | Path, regression: str | Path | None = None, device: str = "auto"):
+    """The diffusion predictor and, if given or found beside it, the regression one."""
+    p = load_predictor(checkpoint, device=device)
+    if p.objective != "diffusion":
+        raise ValueError(f"{checkpoint} is a {p.objective} model; pass the diffusion checkpoint and the regression one "
+                         f"with --regression")
+    reg_path = Path(regression) if regression else regression_beside(checkpoint)
+    reg = load_predictor(reg_path, device=device) if reg_path else None
+    if reg is not None and reg.objective != "regression":
+        raise ValueError(f"{reg_path} is not a regression checkpoint (objective {reg.objective})")
+    return p, reg

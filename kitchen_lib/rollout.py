@@ -1,0 +1,85 @@
+"""Autoregressive rollouts: feed each prediction back as the next current frame.
+
+One rollout step jumps k env steps, so step i predicts frame start + i*k and is compared with
+the true frame there. Errors compound: a rollout shows how long the model's kitchen stays
+believable.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kitchen_lib.inference import Predictor
+from kitchen_lib.metrics import PSNR_CAP, psnr
+
+
+@dataclass
+class Rollout:
+    predicted: np.ndarray  # (horizon + 1, H, W, C) uint8; [0] is the true start frame
+    truth: np.ndarray  # (horizon + 1, H, W, C) uint8
+    steps: np.ndarray  # (horizon + 1,) env step of each frame
+    psnr: np.ndarray  # (horizon + 1,) dB, capped
+
+    def side_by_side(self, pad: int = 2) -> np.ndarray:
+        """(horizon + 1, H, 3W + 2 pad, C) frames: truth | prediction | |difference| (x3, brighter)."""
+        diff = np.clip(np.abs(self.truth.astype(np.int16) - self.predicted.astype(np.int16)) * 3, 0, 255).astype(np.uint8)
+        n, h, _, c = self.truth.shape
+        sep = np.full((n, h, pad, c), 255, np.uint8)
+        return np.concatenate([self.truth, sep, self.predicted, sep, diff], axis=2)
+
+
+def max_horizon(num_frames: int, start: int, k: int) -> int:
+    return max((num_frames - 1 - start) // k, 0)
+
+
+def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizon: int, sampler: str = "ddim",
+            steps: int | None = 20, seed: int = 0) -> Rollout:
+    """Predict `horizon` steps of k frames from episode_frames[start], feeding predictions back."""
+    k = predictor.k
+    limit = max_horizon(len(episode_frames), start, k)
+    if not 0 <= start < len(episode_frames):
+        raise ValueError(f"start {start} is outside the episode (frames 0..{len(episode_frames) - 1})")
+    if horizon < 1 or horizon > limit:
+        raise ValueError(f"horizon {horizon} does not fit: from step {start}, this {len(episode_frames) - 1}-step episode "
+                         f"has room for 1..{limit} rollout steps of k={k}")
+    frames = [episode_frames[start]]
+    for i in range(horizon):
+        frames.append(predictor.predict(frames[-1], sampler, steps, seed=seed + i))
+    idx = start + k * np.arange(horizon + 1)
+    truth = np.asarray(episode_frames[idx])
+    pred = np.stack(frames)
+    scores = np.array([min(psnr(t, p), PSNR_CAP) for t, p in zip(truth, pred, strict=True)])
+    return Rollout(pred, truth, idx, scores)
+
+
+def save_animation(frames: np.ndarray, path: str | Path, fps: float = 4.0, scale: int = 2) -> Path:
+    """Write (N, H, W, C) uint8 frames as a GIF or MP4 (by the suffix), atomically."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"unsupported animation format {suffix!r}: use .gif or .mp4")
+    frames = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2) if scale > 1 else frames
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    if suffix == ".mp4":  # H.264 wants even sizes
+        frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".gif":
+            iio.imwrite(tmp, frames, extension=".gif", duration=1000 / fps, loop=0)
+        else:
+            iio.imwrite(tmp, frames, extension=".mp4", fps=fps, codec="libx264", macro_block_size=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio
+
+from kitchen_lib.checkpoint import CheckpointError
+from kitchen_lib.evaluate import evaluate, regression_beside, select_pairs
+from kitchen_lib.inference import load_predictor, pairs_for
+from kitchen_lib.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map
+from kitchen_lib.pairs import PairsConfig, build_pairs
+from kitchen_lib.rollout import rollout, save_animation
+from kitchen_lib.train import RUN_PRESETS, train, with_overrides
+
+
+@pytest.fixture(scope="module")
+def models(small_pairs, small_dataset, tmp_path_factory):
+    """A diffusion model and its regression twin, each trained briefly on the small dataset."""
+    root = tmp_path_factory.mktemp("models")
+    for objective, folder in (("diffusion", "run"), ("regression", "run-regression")):
+        cfg = with_overrides(RUN_PRESETS["smoke"], data={"dataset": small_dataset},
+                             train={"checkpoint_dir": str(root / folder), "tensorboard_dir": str(root / "tb"),
+                                    "epochs": 1, "objective": objective, "log_images": False})
+        train(cfg, progress=False)
+    return root / "run" / "best.pt", root / "run-regression" / "best.pt"
+
+
+def test_metrics_on_known_images():
+    rng = np.random.default_rng(0)
+    img = rng.integers(30, 220, (32, 32, 3), dtype=np.uint8)
+    assert psnr(img, img) == float("inf") and mean_psnr([img], [img]) == PSNR_CAP
+    noisy = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+    assert psnr(img, noisy) == pytest.approx(20 * np.log10(255 / 10), abs=0.3)  # sigma 10 -> 28.1 dB
+    assert ssim_map(img, img).mean() == pytest.approx(1.0)
+    assert ssim_map(img, noisy).mean() < 0.99
+    moved = img.copy()
+    moved[5:9, 5:9] = 255 - moved[5:9, 5:9]
+    mask = moving_mask(img, moved)
+    assert mask.sum() == 16 and mask[5:9, 5:9].all()
+    s = frame_scores(img, moved, moved)  # a perfect prediction of a moving frame
+    assert s["psnr"] == PSNR_CAP and s["psnr_moving"] == PSNR_CAP and s["ssim_moving"] == pytest.approx(1.0)
+    assert np.isnan(frame_scores(img, img, noisy)["psnr_moving"])  # nothing moves
+
+
+def test_copy_baseline_from_evaluate_equals_direct_computation(models, small_pairs):
+    diffusion, regression = models
+    p, reg = load_predictor(diffusion), load_predictor(regression)
+    result = evaluate(p, small_pairs, "test", "ddim", 3, regression=reg, progress=False)
+    rows = select_pairs(small_pairs, "test", None)
+    first = {e["index"]: e["first_frame"] for e in small_pairs.meta["episodes"]}
+    direct = []
+    for e, t in rows:
+        cur, fut = small_pairs.frames[first[e] + t], small_pairs.frames[first[e] + t + 5]
+        direct.append(min(peak_signal_noise_ratio(fut, cur, data_range=255), PSNR_CAP) if not np.array_equal(cur, fut) else PSNR_CAP)
+    assert result["pairs"] == len(rows)
+    assert result["methods"]["copy"]["psnr"] == pytest.approx(np.mean(direct), rel=1e-9)
+    assert set(result["methods"]) == {"diffusion", "copy", "regression"}
+    for m in result["methods"].values():
+        assert {"psnr", "ssim", "psnr_moving", "ssim_moving", "seconds_per_frame"} <= set(m)
+    assert set(result["per_task"]) == {"microwave", "kettle", "light switch", "slide cabinet"}
+    assert regression_beside(diffusion) == regression
+
+
+def test_regression_baseline_is_deterministic(models, small_pairs):
+    reg = load_predictor(models[1])
+    frame = small_pairs.frames[3]
+    assert reg.objective == "regression"
+    assert np.array_equal(reg.predict(frame, seed=0), reg.predict(frame, seed=99))
+
+
+def test_rollout_lengths_shapes_and_files(models, small_pairs, tmp_path):
+    import imageio.v3 as iio
+
+    p = load_predictor(models[0])
+    frames = small_pairs.episode_frames(0)
+    r = rollout(p, frames, start=4, horizon=6, steps=3)
+    assert r.predicted.shape == r.truth.shape == (7, 32, 32, 3)
+    assert r.steps.tolist() == [4, 9, 14, 19, 24, 29, 34]
+    assert np.array_equal(r.predicted[0], frames[4]) and np.array_equal(r.truth[3], frames[19])
+    assert r.psnr[0] == PSNR_CAP and len(r.psnr) == 7
+    sbs = r.side_by_side()
+    assert sbs.shape == (7, 32, 3 * 32 + 4, 3)
+    gif = save_animation(sbs, tmp_path / "r.gif")
+    mp4 = save_animation(sbs, tmp_path / "r.mp4")
+    assert iio.imread(gif, index=None).shape[0] == 7
+    assert iio.imread(mp4, index=None, plugin="pyav" if _has_pyav() else None).shape[0] == 7
+    with pytest.raises(ValueError, match="room for 1..11"):
+        rollout(p, frames, start=4, horizon=50)
+    with pytest.raises(ValueError, match="unsupported animation format"):
+        save_animation(sbs, tmp_path / "r.webm")
+
+
+def _has_pyav():
+    try:
+        import av  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def test_missing_and_mismatched_checkpoints_get_clear_errors(models, small_dataset, tmp_path):
+    import torch
+
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_predictor(tmp_path / "nope.pt")
+    # Weights that do not fit the architecture recorded in the checkpoint's own config.
+    state = torch.load(models[0], weights_only=True)
+    state["config"]["model"]["base_channels"] = 32
+    torch.save(state, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_predictor(tmp_path / "mismatch.pt")
+    # A model asked to score pairs of another size.
+    p = load_predictor(models[0])
+    other = build_pairs(PairsConfig(dataset=small_dataset, k=5, size=16), progress=False, workers=1)
+    with pytest.raises(ValueError, match="trained on"):
+        evaluate(p, other, progress=False)
+
+
+def test_demo_callbacks_headless(models, small_pairs):
+    from kitchen_lib.widgets import PredictionDemo
+
+    p = load_predictor(models[0])
+    demo = PredictionDemo(p, pairs_for(p), steps=2, rollout_horizon=3)
+    first_test = demo.episode.value
+    assert first_test in small_pairs.meta["splits"]["test"]
+    before = demo.images[1].value
+    demo.slider.value = 9
+    assert demo.last["step"] == 9 and "PSNR" in demo.info.value
+    assert demo.images[0].value != before or demo.images[1].value != before
+    frames = small_pairs.episode_frames(first_test)
+    from kitchen_lib.widgets import png_bytes
+
+    assert demo.images[0].value == png_bytes(frames[9], 3)  # the current frame shown is step 9's
+    assert demo.images[2].value == png_bytes(frames[14], 3)  # and the truth k=5 steps later
+    demo.play.value = 4  # Play drives the slider through the kernel-side link
+    assert demo.slider.value == 4 and demo.last["step"] == 4
+    other = next(v for _, v in demo.episode.options if v != first_test)
+    demo.episode.value = other
+    assert demo.slider.max == len(small_pairs.episode_frames(other)) - 1 - 5
+    demo.rollout_button.click()
+    import imageio.v3 as iio
+
+    assert iio.imread(demo.rollout_view.value, index=None, extension=".gif").shape[0] == 4
+    demo.sampler.value = "ddpm"  # DDPM runs all its steps; the step slider is disabled
+    assert demo.steps.disabled and "1000 network passes" in demo.info.value
