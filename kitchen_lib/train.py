@@ -110,7 +110,7 @@ RUN_PRESETS: dict[str, RunConfig] = {
     # The course default on a 2-core laptop: 64x64, about 20 minutes.
     "cpu": RunConfig(PAIRS_PRESETS["cpu"], UNET_PRESETS["cpu"], DiffusionConfig(),
                      TrainConfig(epochs=100, batch_size=32, learning_rate=3e-4, warmup_steps=100, ema_decay=0.995,
-                                 checkpoint_freq=5, log_freq=20, log_image_every=300, max_minutes=20), "cpu"),
+                                 checkpoint_freq=1, log_freq=20, log_image_every=300, max_minutes=20), "cpu"),
     # The original project's 128x128 setup, for a GPU.
     "seed": RunConfig(PAIRS_PRESETS["seed"], UNET_PRESETS["seed"], DiffusionConfig(),
                       TrainConfig(epochs=100, batch_size=16, learning_rate=1e-4, ema_decay=0.999, checkpoint_freq=5,
