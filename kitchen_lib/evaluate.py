@@ -82,8 +82,11 @@ def _predict_all(p: Predictor, cur: np.ndarray, sampler: str, steps: int | None,
 
 def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: str = "ddim", steps: int | None = 50,
              regression: Predictor | None = None, max_pairs: int | None = None, seed: int = 0, batch: int = 64,
-             progress: bool = True) -> dict:
-    """Score the model and the baselines on the pairs of a split; returns the documented dict."""
+             progress: bool = True, details: bool = False) -> dict:
+    """Score the model and the baselines on the pairs of a split; returns the documented dict.
+
+    details=True adds result["details"]: the (episode, step) rows, the frames, each method's
+    predictions and per-pair scores (arrays: for notebooks, not for JSON)."""
     from tqdm.auto import tqdm
 
     want = (predictor.config.data.size, predictor.config.data.channels, predictor.config.data.k)
@@ -106,11 +109,15 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
         sel = np.flatnonzero(moving)
         per_task[task] = {"pairs": int(len(sel)),
                           "methods": {m: summarise([s[i] for i in sel]) if len(sel) else {} for m, s in scores.items()}}
-    return {
+    result = {
         "dataset": cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
         "sampler": sampler, "steps": predictor.diffusion.T if sampler == "ddpm" else steps,
         "methods": methods, "per_task": per_task,
     }
+    if details:
+        result["details"] = {"rows": rows, "current": cur, "future": fut, "pred": {m: p for m, (p, _) in preds.items()},
+                             "scores": scores}
+    return result
 
 
 def format_table(result: dict) -> str:

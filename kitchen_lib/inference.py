@@ -85,3 +85,16 @@ def prediction_grid(predictor: Predictor, cache: PairsCache, split: str = "test"
     cur, fut = cache.frames[rows[:, 0]], cache.frames[rows[:, 1]]
     pred = predictor.predict(np.asarray(cur), sampler, steps, seed=seed, progress=True)
     return image_grid([[c, p, f] for c, p, f in zip(cur, pred, fut, strict=True)])
+
+
+def find_checkpoint(preset: str = "cpu", objective: str = "diffusion") -> Path | None:
+    """The newest best.pt of a preset's runs: by the CLI (data/checkpoints/<preset>) or
+    notebook 05 (data/checkpoints/notebook05-<preset>-<time>); None if there is none."""
+    from kitchen_lib.paths import data_dir
+
+    root = data_dir() / "checkpoints"
+    suffix = "" if objective == "diffusion" else f"-{objective}"
+    runs = [root / f"{preset}{suffix}"] + [p for p in root.glob(f"notebook05-{preset}-*{suffix}")
+                                            if p.name.endswith(suffix) and (suffix or not p.name.endswith("-regression"))]
+    found = [r / "best.pt" for r in runs if (r / "best.pt").is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
