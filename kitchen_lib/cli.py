@@ -191,19 +191,26 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"checkpoints: {r.checkpoint_dir}   TensorBoard: tensorboard --logdir {r.tensorboard_dir.parent}")
 
 
-def cmd_sample(a: argparse.Namespace) -> None:
-    from kitchen_lib.images import save_png
-    from kitchen_lib.inference import load_predictor, pairs_for, prediction_grid
+def _pairs_for_model(a: argparse.Namespace, predictor):
+    """The pairs cache for a loaded model: its own dataset, or --dataset with its settings."""
+    from kitchen_lib.inference import pairs_for
 
-    predictor = load_predictor(a.checkpoint, device=a.device or "auto")
     if a.dataset:
         open_dataset(a.dataset)
-    cache = pairs_for(predictor, a.dataset)
+    return pairs_for(predictor, a.dataset)
+
+
+def cmd_sample(a: argparse.Namespace) -> None:
+    from kitchen_lib.images import save_png
+    from kitchen_lib.inference import load_predictor, prediction_grid
+
+    predictor = load_predictor(a.checkpoint, device=a.device or "auto")
+    cache = _pairs_for_model(a, predictor)
     t0 = time.time()
-    a.steps = _ddim_steps(a, 50)
-    grid = prediction_grid(predictor, cache, a.split, a.n, a.sampler, a.steps, a.seed)
+    steps = _ddim_steps(a, 50)
+    grid = prediction_grid(predictor, cache, a.split, a.n, a.sampler, steps, a.seed)
     out = save_png(grid, a.out, scale=a.scale)
-    steps = predictor.diffusion.T if a.sampler == "ddpm" else a.steps
+    steps = steps or predictor.diffusion.T
     print(f"wrote {out}: {a.n} rows of current | predicted ({a.sampler}, {steps} steps) | actual, "
           f"{(time.time() - t0) / a.n:.2f}s per predicted frame")
 
@@ -219,12 +226,9 @@ def _ddim_steps(a: argparse.Namespace, default: int) -> int | None:
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from kitchen_lib.evaluate import evaluate, format_table, load_with_regression
-    from kitchen_lib.inference import pairs_for
 
     predictor, regression = load_with_regression(a.checkpoint, a.regression, device=a.device or "auto")
-    if a.dataset:
-        open_dataset(a.dataset)
-    cache = pairs_for(predictor, a.dataset)
+    cache = _pairs_for_model(a, predictor)
     result = evaluate(predictor, cache, a.split, a.sampler, _ddim_steps(a, 50), regression, a.max_pairs, a.seed)
     print(format_table(result))
     if regression is None:
@@ -239,13 +243,11 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_rollout(a: argparse.Namespace) -> None:
-    from kitchen_lib.inference import load_predictor, pairs_for
+    from kitchen_lib.inference import load_predictor
     from kitchen_lib.rollout import rollout, save_animation
 
     predictor = load_predictor(a.checkpoint, device=a.device or "auto")
-    if a.dataset:
-        open_dataset(a.dataset)
-    cache = pairs_for(predictor, a.dataset)
+    cache = _pairs_for_model(a, predictor)
     r = rollout(predictor, cache.episode_frames(a.episode), a.start, a.horizon, a.sampler, _ddim_steps(a, 20), a.seed)
     out = save_animation(r.side_by_side(), a.out, fps=a.fps)
     print(f"wrote {out}: {a.horizon} steps of k={predictor.k} from step {a.start} of episode {a.episode} "

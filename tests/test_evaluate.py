@@ -141,3 +141,21 @@ def test_demo_callbacks_headless(models, small_pairs):
     assert iio.imread(demo.rollout_view.value, index=None, extension=".gif").shape[0] == 4
     demo.sampler.value = "ddpm"  # DDPM runs all its steps; the step slider is disabled
     assert demo.steps.disabled and "1000 network passes" in demo.info.value
+
+
+def test_find_checkpoint_prefers_the_newest_run(tmp_path, monkeypatch):
+    import os
+
+    from kitchen_lib.inference import find_checkpoint
+
+    monkeypatch.setenv("KITCHEN_DATA_DIR", str(tmp_path))
+    assert find_checkpoint("cpu") is None
+    older = tmp_path / "checkpoints" / "cpu" / "best.pt"
+    newer = tmp_path / "checkpoints" / "notebook05-cpu-20260101-000000" / "best.pt"
+    reg = tmp_path / "checkpoints" / "notebook05-cpu-20260101-000000-regression" / "best.pt"
+    for i, p in enumerate((older, newer, reg)):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+        os.utime(p, (1000 + i, 1000 + i))
+    assert find_checkpoint("cpu") == newer  # the regression run is not a diffusion model
+    assert find_checkpoint("cpu", "regression") == reg
