@@ -204,10 +204,10 @@ def cmd_sample(a: argparse.Namespace) -> None:
     from kitchen_lib.images import save_png
     from kitchen_lib.inference import load_predictor, prediction_grid
 
+    steps = _ddim_steps(a, 50)  # argument errors before any loading
     predictor = load_predictor(a.checkpoint, device=a.device or "auto")
     cache = _pairs_for_model(a, predictor)
     t0 = time.time()
-    steps = _ddim_steps(a, 50)
     grid = prediction_grid(predictor, cache, a.split, a.n, a.sampler, steps, a.seed)
     out = save_png(grid, a.out, scale=a.scale)
     steps = steps or predictor.diffusion.T
@@ -227,9 +227,10 @@ def _ddim_steps(a: argparse.Namespace, default: int) -> int | None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from kitchen_lib.evaluate import evaluate, format_table, load_with_regression
 
+    steps = _ddim_steps(a, 50)
     predictor, regression = load_with_regression(a.checkpoint, a.regression, device=a.device or "auto")
     cache = _pairs_for_model(a, predictor)
-    result = evaluate(predictor, cache, a.split, a.sampler, _ddim_steps(a, 50), regression, a.max_pairs, a.seed)
+    result = evaluate(predictor, cache, a.split, a.sampler, steps, regression, a.max_pairs, a.seed)
     print(format_table(result))
     if regression is None:
         print("(no regression baseline: train one with --objective regression, or pass --regression PATH)")
@@ -246,9 +247,10 @@ def cmd_rollout(a: argparse.Namespace) -> None:
     from kitchen_lib.inference import load_predictor
     from kitchen_lib.rollout import rollout, save_animation
 
+    steps = _ddim_steps(a, 20)
     predictor = load_predictor(a.checkpoint, device=a.device or "auto")
     cache = _pairs_for_model(a, predictor)
-    r = rollout(predictor, cache.episode_frames(a.episode), a.start, a.horizon, a.sampler, _ddim_steps(a, 20), a.seed)
+    r = rollout(predictor, cache.episode_frames(a.episode), a.start, a.horizon, a.sampler, steps, a.seed)
     out = save_animation(r.side_by_side(), a.out, fps=a.fps)
     print(f"wrote {out}: {a.horizon} steps of k={predictor.k} from step {a.start} of episode {a.episode} "
           f"(truth | prediction | difference); PSNR per step: {' '.join(f'{p:.1f}' for p in r.psnr[1:])}")

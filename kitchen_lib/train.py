@@ -346,7 +346,7 @@ class Trainer:
                         break
                 if stopped_early:
                     self._save("latest.pt")
-                    bar.write(f"stopped after {t.max_minutes} minutes at epoch {self.epoch}, step {self.step}; "
+                    bar.write(f"stopped after {t.max_minutes:.1f} minutes at epoch {self.epoch}, step {self.step}; "
                               f"resume with --resume_from_checkpoint latest")
                     break
                 self._end_epoch(writer, bar)
