@@ -241,7 +241,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
         self.best_val, self.last_val = s["best_val_loss"], s["last_val_loss"]
         torch.set_rng_state(s["rng"]["torch"])
-        self.noise_gen.set_state(s["rng"]["noise"].to("cpu") if self.device.type == "cpu" else s["rng"]["noise"])
+        self.noise_gen.set_state(s["rng"]["noise"].cpu())  # generator states are CPU byte tensors
         if s["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
         self.tb_dir = Path(s["tensorboard_dir"])
@@ -260,7 +260,14 @@ class Trainer:
         path = self.ckpt_dir / "metrics.jsonl"
         if not path.exists():
             return
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill: drop it
+                continue
+            if row.get("step", 0) <= step:
+                keep.append(line)
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, path)

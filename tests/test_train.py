@@ -146,3 +146,13 @@ def test_tensorboard_has_scalars_images_hparams_and_graph(small_pairs, small_dat
     hp_runs = [d for d in tmp_path.rglob("events.out.tfevents.*")]
     assert any("hparams" in str(EventAccumulator(str(p.parent)).Reload().Tags().get("tensors", [])) or
                EventAccumulator(str(p.parent)).Reload().PluginTagToContent("hparams") for p in hp_runs)
+
+
+def test_resume_survives_a_metrics_line_cut_short(small_pairs, small_dataset, tmp_path):
+    cfg = smoke_cfg(small_dataset, tmp_path, epochs=1)
+    train(cfg, progress=False)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "epoch": 1, "lo')  # what a kill in mid-write leaves
+    r = train(with_overrides(cfg, train={"epochs": 2}), resume="latest", progress=False)
+    steps, _ = losses(tmp_path)
+    assert r.steps == 14 and sorted(steps) == list(range(1, 15))
