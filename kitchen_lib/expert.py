@@ -115,12 +115,13 @@ class Controller:
         mujoco.mj_jacSite(self.model, self.data, self.jacp, self.jacr, self.site)
         J = np.vstack([self.jacp[:, ARM], self.jacr[:, ARM]])  # (6, 7)
         q = self.data.qpos[ARM]
+        err = np.r_[e_pos, e_rot]  # (6,)
         # Joints pinned at a limit and pushed further into it stall DLS: drop them.
-        free = ~(((q <= self.lo) & (J.T @ np.r_[e_pos, e_rot] < 0)) | ((q >= self.hi) & (J.T @ np.r_[e_pos, e_rot] > 0)))
+        push = J.T @ err
+        free = ~(((q <= self.lo) & (push < 0)) | ((q >= self.hi) & (push > 0)))
         Jf = J * free
-        JJt = Jf @ Jf.T + self.cfg.damping**2 * np.eye(6)
-        J_pinv = Jf.T @ np.linalg.solve(JJt, np.eye(6))  # (7, 6)
-        dq = J_pinv @ np.r_[e_pos, e_rot]
+        J_pinv = Jf.T @ np.linalg.inv(Jf @ Jf.T + self.cfg.damping**2 * np.eye(6))  # (7, 6)
+        dq = J_pinv @ err
         null = (np.eye(7) - J_pinv @ Jf) @ (self.cfg.null_gain * (HOME_Q - q))
         dq += null * free
         dq = np.clip(dq, -0.12, 0.12)
