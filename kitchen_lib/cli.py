@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from kitchen_lib.datasets import (
     D4RL_DATASET_IDS,
@@ -38,9 +37,8 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
 
 def cmd_render(a: argparse.Namespace) -> None:
-    from PIL import Image
-
     from kitchen_lib.datasets import load_episode
+    from kitchen_lib.images import save_png
     from kitchen_lib.render import KitchenRenderer
 
     open_dataset(a.dataset, download=a.download)
@@ -49,11 +47,7 @@ def cmd_render(a: argparse.Namespace) -> None:
         raise DatasetError(f"episode {a.episode} of {a.dataset} has steps 0..{len(ep.observations) - 1}; asked for {a.step}")
     with KitchenRenderer(a.size, a.quality) as r:
         frame = r.render(ep.observations[a.step])
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    Image.fromarray(frame).save(tmp)
-    tmp.replace(out)
+    out = save_png(frame, a.out)
     print(f"wrote {out} ({a.size}x{a.size}, {a.quality})")
 
 
@@ -235,12 +229,11 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if regression is None:
         print("(no regression baseline: train one with --objective regression, or pass --regression PATH)")
     if a.json:
-        out = Path(a.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out)
-        print(f"wrote {out}")
+        from kitchen_lib.paths import atomic_path
+
+        with atomic_path(a.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        print(f"wrote {a.json}")
 
 
 def cmd_rollout(a: argparse.Namespace) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from kitchen_lib.paths import atomic_path
 
 
 def image_grid(rows: list[list[np.ndarray]], pad: int = 2, value: int = 255) -> np.ndarray:
@@ -25,16 +25,9 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2, value: int = 255) -> 
 def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
     """Write a PNG atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
     if scale != 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         img.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -7,8 +7,6 @@ believable.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 
 from kitchen_lib.inference import Predictor
 from kitchen_lib.metrics import PSNR_CAP, psnr
+from kitchen_lib.paths import atomic_path
 
 
 @dataclass
@@ -70,16 +69,9 @@ def save_animation(frames: np.ndarray, path: str | Path, fps: float = 4.0, scale
         frames = np.repeat(frames, 3, axis=-1)
     if suffix == ".mp4":  # H.264 wants even sizes
         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".gif":
             iio.imwrite(tmp, frames, extension=".gif", duration=1000 / fps, loop=0)
         else:
             iio.imwrite(tmp, frames, extension=".mp4", fps=fps, codec="libx264", macro_block_size=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
