@@ -1,13 +1,17 @@
-"""Training throughput and sampling time on this machine.
+"""Training throughput against a peer U-Net, and sampling time per sampler, on this machine.
 
-    python bench/speed.py [--presets seed cpu] [--skip_ddpm]
+    python bench/speed.py [--presets cpu seed] [--skip_ddpm] [--try_bf16] [--try_compile]
 
-- Training: samples/s of one AdamW step (forward, backward, clip, step) of each preset's U-Net
-  on random frames of its size, batch = the preset's; best of 3 timed runs of a few steps.
-  If `diffusers` is installed, its UNet2DModel with matching channels, blocks and attention
-  is timed in the same run (issue 5's comparison); otherwise that row says so.
-- Sampling: seconds per predicted frame (batch of one) for DDPM-1000, DDIM-50 and DDIM-10 with
-  the `cpu` preset's network (64x64). Untrained weights: the time does not depend on them.
+- Training (issue 5, target 3): samples/s of one AdamW step (forward, backward, clip, step) of
+  each preset's U-Net on random frames of its size and batch, best of 3 timed runs. Ours runs
+  as the Trainer runs it (channels-last weights). The peer is diffusers' UNet2DModel with the
+  same channels, blocks, attention, time-embedding width and dropout, timed in the same run in
+  its default layout and channels-last (diffusers is installed for this benchmark only:
+  `pip install diffusers`; without it those rows say so). Also timed: ours in the default
+  layout, and with --try_bf16 / --try_compile, bf16 autocast and torch.compile.
+- Sampling (target 2's speed half): seconds per predicted frame, batch of one, 64x64, for
+  DDPM-1000 and DDIM with 50, 20, 10 and 5 steps, with the `cpu` preset's network and
+  diffusion settings. Untrained weights: the time does not depend on them.
 Prints a table and writes bench/results/speed.json.
 """
 
@@ -25,24 +29,28 @@ from _common import machine, table, write_json  # noqa: E402
 
 from kitchen_lib.diffusion import Diffusion  # noqa: E402
 from kitchen_lib.train import RUN_PRESETS  # noqa: E402
-from kitchen_lib.unet import ConditionalUNet, count_parameters  # noqa: E402
+from kitchen_lib.unet import ConditionalUNet, channels_last, count_parameters  # noqa: E402
+
+SAMPLERS = [("ddpm", None), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("ddim", 5)]
 
 
-def train_throughput(model: torch.nn.Module, batch: int, channels: int, size: int, steps: int = 3, call=None) -> float:
+def train_throughput(model: torch.nn.Module, batch: int, channels: int, size: int, steps: int = 3, call=None,
+                     bf16: bool = False) -> float:
     """Samples per second of full training steps (best of 3 runs of `steps` steps)."""
-    d = Diffusion()
+    d = Diffusion(RUN_PRESETS["cpu"].diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x0, cond = torch.randn(batch, channels, size, size), torch.randn(batch, channels, size, size)
-    call = call or (lambda xt, t, c: model(xt, t, c))
+    call = call if call is not None else (lambda xt, t, c: model(xt, t, c))
 
     def one():
-        loss = d.training_loss(call, x0, cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = d.training_loss(call, x0, cond)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    one()  # warm-up
+    one()  # warm-up (and compilation, for torch.compile)
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
@@ -52,7 +60,7 @@ def train_throughput(model: torch.nn.Module, batch: int, channels: int, size: in
     return batch * steps / best
 
 
-def diffusers_peer(cfg):
+def diffusers_peer(cfg, last: bool):
     """diffusers' UNet2DModel shaped like our U-Net, or None if diffusers is not installed."""
     try:
         from diffusers import UNet2DModel
@@ -64,55 +72,94 @@ def diffusers_peer(cfg):
     up = tuple("AttnUpBlock2D" if r in cfg.attention_resolutions else "UpBlock2D" for r in reversed(res))
     net = UNet2DModel(sample_size=cfg.image_size, in_channels=2 * cfg.image_channels, out_channels=cfg.image_channels,
                       block_out_channels=chans, layers_per_block=cfg.num_res_blocks, down_block_types=down,
-                      up_block_types=up, norm_num_groups=cfg.groups, attention_head_dim=chans[0] // cfg.heads)
-    return net, (lambda xt, t, c: net(torch.cat([xt, c], 1), t).sample)
+                      up_block_types=up, norm_num_groups=cfg.groups, attention_head_dim=chans[-1] // cfg.heads,
+                      time_embedding_dim=cfg.time_mlp_dim, dropout=cfg.dropout)
+    if last:
+        net = channels_last(net)
+    fmt = torch.channels_last if last else torch.contiguous_format
+    return net, (lambda xt, t, c: net(torch.cat([xt, c], 1).contiguous(memory_format=fmt), t).sample)
+
+
+def contenders(cfg, bf16: bool, compile_: bool) -> list[tuple]:
+    """(key, label, make() -> (net, call), bf16) for everything timed beside ours."""
+    out = [("ours_default_layout", "  ours, default layout", lambda: (ConditionalUNet(cfg), None), False)]
+    if bf16:
+        out.append(("ours_bf16", "  ours, bf16 autocast", lambda: (channels_last(ConditionalUNet(cfg)), None), True))
+    if compile_:
+        def compiled():
+            net = channels_last(ConditionalUNet(cfg))
+            return net, torch.compile(net)
+        out.append(("ours_compiled", "  ours, torch.compile", compiled, False))
+    if diffusers_peer(cfg, False) is not None:
+        for last in (False, True):
+            out.append((f"diffusers{'_channels_last' if last else ''}",
+                        f"  diffusers UNet2DModel, same shape{', channels-last' if last else ''}",
+                        lambda last=last: diffusers_peer(cfg, last), False))
+    return out
 
 
 def sampling_time(sampler: str, steps: int | None) -> float:
-    cfg = RUN_PRESETS["cpu"].model
-    net = ConditionalUNet(cfg).eval()
-    d = Diffusion()
-    cond = torch.zeros(1, cfg.image_channels, cfg.image_size, cfg.image_size)
+    rc = RUN_PRESETS["cpu"]
+    net = channels_last(ConditionalUNet(rc.model)).eval()
+    d = Diffusion(rc.diffusion)
+    cond = torch.zeros(1, rc.model.image_channels, rc.model.image_size, rc.model.image_size)
     g = torch.Generator().manual_seed(0)
-    d.sample(net, cond, "ddim", 2, generator=g)  # warm-up
-    t0 = time.perf_counter()
-    d.sample(net, cond, sampler, steps, generator=g)
-    return time.perf_counter() - t0
+    d.sample(net, cond, "ddim", 3, generator=g)  # warm-up
+    best = float("inf")
+    for _ in range(1 if sampler == "ddpm" else 3):
+        t0 = time.perf_counter()
+        d.sample(net, cond, sampler, steps, generator=g)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["seed", "cpu"])
+    ap.add_argument("--presets", nargs="+", default=["cpu", "seed"])
     ap.add_argument("--skip_ddpm", action="store_true", help="skip the 1000-step sample (the slow one)")
+    ap.add_argument("--try_bf16", action="store_true", help="also time ours under bf16 autocast")
+    ap.add_argument("--try_compile", action="store_true", help="also time ours under torch.compile")
     a = ap.parse_args()
     torch.manual_seed(0)
     rows, res = [], {"machine": machine(), "train": {}, "sampling": {}}
     for name in a.presets:
         rc = RUN_PRESETS[name]
         cfg, batch = rc.model, rc.train.batch_size
-        net = ConditionalUNet(cfg)
-        sps = train_throughput(net, batch, cfg.image_channels, cfg.image_size)
-        res["train"][name] = {"size": cfg.image_size, "batch": batch, "parameters": count_parameters(net), "samples_per_s": sps}
-        rows.append({"what": f"train {name} ({cfg.image_size}px, batch {batch})", "params": f"{count_parameters(net):,}",
-                     "samples_per_s": round(sps, 1)})
-        peer = diffusers_peer(cfg)
-        if peer is None:
-            rows.append({"what": "  diffusers UNet2DModel, same shape", "samples_per_s": "diffusers not installed"})
-        else:
-            pnet, call = peer
-            psps = train_throughput(pnet, batch, cfg.image_channels, cfg.image_size, call=call)
-            res["train"][name]["diffusers_samples_per_s"] = psps
-            rows.append({"what": "  diffusers UNet2DModel, same shape", "params": f"{count_parameters(pnet):,}",
-                         "samples_per_s": round(psps, 1), "ours_over_peer": round(sps / psps, 2)})
-    for sampler, steps in ([] if a.skip_ddpm else [("ddpm", None)]) + [("ddim", 50), ("ddim", 10)]:
+        shape = (batch, cfg.image_channels, cfg.image_size)
+        r = res["train"][name] = {"size": cfg.image_size, "batch": batch}
+        ours = channels_last(ConditionalUNet(cfg))
+        r["parameters"] = count_parameters(ours)
+        steps = 3 if cfg.image_size <= 64 else 1  # a 128px step takes seconds here
+        r["ours"] = train_throughput(ours, *shape, steps=steps)
+        rows.append({"what": f"train {name} ({cfg.image_size}px, batch {batch}): ours", "params": f"{r['parameters']:,}",
+                     "samples_per_s": round(r["ours"], 1)})
+        variants = contenders(cfg, a.try_bf16 and name == "cpu", a.try_compile and name == "cpu")
+        if not any(k.startswith("diffusers") for k, *_ in variants):
+            rows.append({"what": "  diffusers UNet2DModel", "samples_per_s": "diffusers not installed"})
+        for key, label, make, bf16 in variants:
+            net, call = make()
+            try:
+                sps = train_throughput(net, *shape, steps=steps, call=call, bf16=bf16)
+            except Exception as e:  # torch.compile needs a working C++ toolchain, for one
+                r[key] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+                rows.append({"what": label, "samples_per_s": r[key][:60]})
+                continue
+            r[key] = sps
+            rows.append({"what": label, "params": f"{count_parameters(net):,}", "samples_per_s": round(sps, 1),
+                         "ours_over_this": round(r["ours"] / sps, 2)})
+    for sampler, steps in SAMPLERS:
+        if a.skip_ddpm and sampler == "ddpm":
+            continue
         s = sampling_time(sampler, steps)
         label = f"{sampler}-{steps or 1000}"
         res["sampling"][label] = {"seconds_per_frame": s, "network_passes": steps or 1000}
-        rows.append({"what": f"sample {label}, 64px, batch 1", "s_per_frame": round(s, 3)})
-    if "ddpm-1000" in res["sampling"]:
-        for k in ("ddim-50", "ddim-10"):
-            res["sampling"][k]["speedup_vs_ddpm"] = res["sampling"]["ddpm-1000"]["seconds_per_frame"] / res["sampling"][k]["seconds_per_frame"]
-    print(table(rows, ["what", "params", "samples_per_s", "ours_over_peer", "s_per_frame"]))
+    ddpm = res["sampling"].get("ddpm-1000", {}).get("seconds_per_frame")
+    for label, s in res["sampling"].items():
+        if ddpm:
+            s["speedup_vs_ddpm"] = ddpm / s["seconds_per_frame"]
+        rows.append({"what": f"sample {label}, 64px, batch 1", "s_per_frame": round(s["seconds_per_frame"], 3),
+                     "x_vs_ddpm": round(s["speedup_vs_ddpm"], 1) if ddpm else ""})
+    print(table(rows, ["what", "params", "samples_per_s", "ours_over_this", "s_per_frame", "x_vs_ddpm"]))
     print("wrote", write_json("speed.json", res))
 
 

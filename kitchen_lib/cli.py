@@ -15,6 +15,7 @@ from kitchen_lib.datasets import (
     is_local,
     open_dataset,
 )
+from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS
 from kitchen_lib.render import DEFAULT_QUALITY, QUALITIES
 
 SMOKE_EPISODES, SMOKE_MAX_STEPS = 3, 60
@@ -113,7 +114,7 @@ def cmd_quickstart(a: argparse.Namespace) -> None:
     best = ckpt / "best.pt" if (ckpt / "best.pt").exists() else ckpt / "latest.pt"
     predictor = load_predictor(best)
     t0 = time.time()
-    grid = prediction_grid(predictor, cache, "test", n=6, sampler="ddim", steps=50)
+    grid = prediction_grid(predictor, cache, "test", n=6, sampler="ddim", steps=DEFAULT_DDIM_STEPS)
     out = save_png(grid, data_dir() / "samples" / f"quickstart_{preset}.png", scale=2)
     print(f"wrote {out}: rows of current | predicted (DDIM-50) | actual ({(time.time() - t0) / 6:.2f}s per frame)")
 
@@ -132,9 +133,10 @@ def run_config_from_args(a: argparse.Namespace):
         data["size"] = model["image_size"] = a.img_resolution
     if a.grayscale:
         data["grayscale"], model["image_channels"] = True, 1
-    if a.img_resolution or a.model_attention_resolutions_divisor:
-        divisor = a.model_attention_resolutions_divisor or base.model.image_size // base.model.attention_resolutions[0]
-        model["attention_resolutions"] = (size // divisor,)
+    if a.model_attention_resolutions_divisor:
+        model["attention_resolutions"] = (size // a.model_attention_resolutions_divisor,)
+    elif a.img_resolution and base.model.attention_resolutions:  # keep attention at the same relative size
+        model["attention_resolutions"] = tuple(size * r // base.model.image_size for r in base.model.attention_resolutions)
     set_if(model, "base_channels", a.model_base_channels)
     if a.model_channel_mults:
         model["channel_mults"] = tuple(int(x) for x in a.model_channel_mults.split(","))
@@ -147,6 +149,10 @@ def run_config_from_args(a: argparse.Namespace):
     set_if(diff, "beta_end", a.beta_end)
     set_if(diff, "prediction", a.prediction)
     set_if(diff, "schedule", a.schedule)
+    set_if(diff, "residual", a.residual)
+    set_if(diff, "loss_weighting", a.loss_weighting)
+    set_if(diff, "min_snr_gamma", a.min_snr_gamma)
+    set_if(train, "ema_decay", a.ema_decay)
     set_if(train, "device", a.device)
     set_if(train, "num_workers", a.num_workers_loader)
     set_if(train, "epochs", a.epochs)
@@ -198,7 +204,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
     from kitchen_lib.images import save_png
     from kitchen_lib.inference import load_predictor, prediction_grid
 
-    steps = _ddim_steps(a, 50)  # argument errors before any loading
+    steps = _ddim_steps(a, DEFAULT_DDIM_STEPS)  # argument errors before any loading
     predictor = load_predictor(a.checkpoint, device=a.device or "auto")
     cache = _pairs_for_model(a, predictor)
     t0 = time.time()
@@ -221,7 +227,7 @@ def _ddim_steps(a: argparse.Namespace, default: int) -> int | None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from kitchen_lib.evaluate import evaluate, format_table, load_with_regression
 
-    steps = _ddim_steps(a, 50)
+    steps = _ddim_steps(a, DEFAULT_DDIM_STEPS)
     predictor, regression = load_with_regression(a.checkpoint, a.regression, device=a.device or "auto")
     cache = _pairs_for_model(a, predictor)
     result = evaluate(predictor, cache, a.split, a.sampler, steps, regression, a.max_pairs, a.seed)
@@ -240,7 +246,7 @@ def cmd_rollout(a: argparse.Namespace) -> None:
     from kitchen_lib.inference import load_predictor
     from kitchen_lib.rollout import rollout, save_animation
 
-    steps = _ddim_steps(a, 20)
+    steps = _ddim_steps(a, DEFAULT_DDIM_STEPS)
     predictor = load_predictor(a.checkpoint, device=a.device or "auto")
     cache = _pairs_for_model(a, predictor)
     r = rollout(predictor, cache.episode_frames(a.episode), a.start, a.horizon, a.sampler, steps, a.seed)
@@ -306,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta_end", type=float, default=None)
     p.add_argument("--schedule", choices=["linear", "cosine"], default=None)
     p.add_argument("--prediction", choices=["eps", "v", "x0"], default=None)
+    p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffuse the change from the current frame rather than the future frame")
+    p.add_argument("--loss_weighting", choices=["none", "min_snr"], default=None)
+    p.add_argument("--min_snr_gamma", type=float, default=None)
+    p.add_argument("--ema_decay", type=float, default=None)
     p.add_argument("--model_base_channels", type=int, default=None)
     p.add_argument("--model_channel_mults", default=None, help='e.g. "1,2,3"')
     p.add_argument("--model_num_res_blocks", type=int, default=None)
@@ -335,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50); DDPM always runs all T")
+    p.add_argument("--steps", type=int, default=None, help=f"DDIM steps (default {DEFAULT_DDIM_STEPS}); DDPM always runs all T")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--scale", type=int, default=2, help="enlarge the grid this many times")
@@ -348,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50); DDPM always runs all T")
+    p.add_argument("--steps", type=int, default=None, help=f"DDIM steps (default {DEFAULT_DDIM_STEPS}); DDPM always runs all T")
     p.add_argument("--max_pairs", type=int, default=None, help="evaluate an evenly spread subset (DDPM-1000 is slow)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
@@ -362,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--horizon", type=int, default=20)
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 20); DDPM always runs all T")
+    p.add_argument("--steps", type=int, default=None, help=f"DDIM steps (default {DEFAULT_DDIM_STEPS}); DDPM always runs all T")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=float, default=4.0)
     p.add_argument("--device", default=None)

@@ -11,8 +11,18 @@ The network sees (x_t, t, current frame) and predicts one of
     x0   the clean future frame itself;
 all three are interchangeable given x_t, which is how the samplers use any of them.
 
+Two options change what is diffused and how it is weighted:
+    residual       diffuse the change (future - current) instead of the future frame. Most of a
+                   kitchen frame does not move in k steps, so the change is mostly zero and an
+                   untrained network already predicts "copy the frame"; it learns only motion.
+    loss_weighting "min_snr" (Hang et al. 2023) weights each timestep's loss by
+                   min(SNR_t, gamma) expressed for the chosen target, so the many nearly noise-free
+                   steps do not dominate training.
+
 Samplers run the full reverse process from pure noise: DDPM visits all T steps; DDIM
-(Song et al. 2021) visits a chosen subset, deterministic with eta = 0.
+(Song et al. 2021) visits a chosen subset, deterministic with eta = 0, with "trailing"
+spacing (Lin et al. 2024): it starts at t = T-1 and its last network call is at t = T/steps - 1,
+not at t = 0, where a call would change almost nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ from tqdm.auto import tqdm
 
 PREDICTIONS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "cosine")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+# DDIM steps the demo, the CLI and evaluation use unless told otherwise (bench/quality.py).
+DEFAULT_DDIM_STEPS = 10
 
 # model(x_t, t, cond) -> prediction, all (B, C, H, W) but t (B,)
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,16 +47,25 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass(frozen=True)
 class DiffusionConfig:
     timesteps: int = 1000
-    schedule: str = "linear"  # "linear" (original DDPM) or "cosine" (Nichol & Dhariwal)
+    # Defaults: what won bench/ablation.py on a CPU budget (issue 5). The original DDPM recipe
+    # is schedule="linear", prediction="eps", residual=False.
+    schedule: str = "cosine"  # "linear" (original DDPM) or "cosine" (Nichol & Dhariwal)
     beta_start: float = 1e-4  # linear schedule only
     beta_end: float = 0.02  # linear schedule only
-    prediction: str = "eps"  # what the network predicts: "eps", "v" or "x0"
+    prediction: str = "x0"  # what the network predicts: "eps", "v" or "x0"
+    residual: bool = True  # diffuse (future - current frame) rather than the future frame
+    loss_weighting: str = "none"  # "none" or "min_snr"
+    min_snr_gamma: float = 5.0
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}: choose one of {SCHEDULES}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction target {self.prediction!r}: choose one of {PREDICTIONS}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {self.loss_weighting!r}: choose one of {LOSS_WEIGHTINGS}")
+        if self.min_snr_gamma <= 0:
+            raise ValueError(f"min_snr_gamma must be positive (got {self.min_snr_gamma})")
         if self.timesteps < 2:
             raise ValueError(f"timesteps must be at least 2 (got {self.timesteps})")
         if not 0 < self.beta_start < self.beta_end < 1:
@@ -116,14 +138,42 @@ class Diffusion:
         x0 = sa * x_t - s1a * out
         return x0, s1a * x_t + sa * out
 
-    def training_loss(self, model: Denoiser, x0: torch.Tensor, cond: torch.Tensor,
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights (B, 1, 1, 1) for timesteps t.
+
+        min-SNR asks for weight min(SNR, gamma) on the x0 error; the eps and v errors are the x0
+        error scaled by SNR and SNR + 1, so their weights are divided by those."""
+        if self.cfg.loss_weighting == "none":
+            return torch.ones(len(t), 1, 1, 1, device=t.device)
+        snr = _gather(self.snr(), t)
+        w = snr.clamp(max=self.cfg.min_snr_gamma)
+        return w / {"x0": 1, "eps": snr, "v": snr + 1}[self.cfg.prediction]
+
+    def training_loss(self, model: Denoiser, future: torch.Tensor, cond: torch.Tensor,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error of the network's output against its target, t uniform."""
+        """(Weighted) mean squared error of the network's output against its target, t uniform."""
+        x0 = self.to_x0(future, cond)
         b = x0.shape[0]
         t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         out = model(self.q_sample(x0, t, noise), t, cond)
-        return torch.mean((out.float() - self.target(x0, noise, t)) ** 2)
+        return torch.mean(self.loss_weights(t) * (out.float() - self.target(x0, noise, t)) ** 2)
+
+    # --- what is diffused: the frame, or its change --------------------------------------
+
+    def to_x0(self, future: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The clean sample the process diffuses for this (future, current) pair."""
+        return future - cond if self.cfg.residual else future
+
+    def to_frame(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Back from the diffused sample to a future frame in [-1, 1]."""
+        return (x0 + cond if self.cfg.residual else x0).clamp(-1, 1)
+
+    def _clip_x0(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Keep x0 estimates to values a frame can take (for a residual, -1 <= cond + x0 <= 1)."""
+        if self.cfg.residual:
+            return torch.maximum(torch.minimum(x0, 1 - cond), -1 - cond)
+        return x0.clamp(-1, 1)
 
     # --- reverse process -----------------------------------------------------------------
 
@@ -131,7 +181,7 @@ class Diffusion:
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         x0, eps = self.x0_and_eps(model(x, tt, cond).float(), x, tt)
         if clip:  # frames live in [-1, 1]; re-derive eps so the two stay consistent
-            x0 = x0.clamp(-1, 1)
+            x0 = self._clip_x0(x0, cond)
             eps = (x - _gather(self.alpha_bar.sqrt(), tt) * x0) / _gather((1 - self.alpha_bar).sqrt(), tt)
         return tt, x0, eps
 
@@ -148,15 +198,16 @@ class Diffusion:
                 x = mean + (0.5 * _gather(self.posterior_logvar, tt)).exp() * noise
             else:
                 x = mean
-        return x.clamp(-1, 1)
+        return self.to_frame(x, cond)
 
     def ddim_timesteps(self, steps: int) -> list[int]:
+        """The `steps` timesteps DDIM visits, "trailing": T-1 first, evenly spaced, none repeated."""
         if not 1 <= steps <= self.T:
             raise ValueError(f"DDIM steps must be between 1 and {self.T} (got {steps})")
-        return sorted({round(float(s)) for s in torch.linspace(self.T - 1, 0, steps)}, reverse=True)
+        return [round(self.T - i * self.T / steps) - 1 for i in range(steps)]
 
     @torch.no_grad()
-    def ddim_sample(self, model: Denoiser, cond: torch.Tensor, steps: int = 50, eta: float = 0.0,
+    def ddim_sample(self, model: Denoiser, cond: torch.Tensor, steps: int = DEFAULT_DDIM_STEPS, eta: float = 0.0,
                     generator: torch.Generator | None = None, clip: bool = True, progress: bool = False) -> torch.Tensor:
         """DDIM through `steps` of the T steps (eta=0: deterministic, eta=1: DDPM-like noise)."""
         x = torch.randn(self._shape(model, cond), device=cond.device, generator=generator)
@@ -169,7 +220,7 @@ class Diffusion:
             x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator)
-        return x.clamp(-1, 1)
+        return self.to_frame(x, cond)
 
     def sample(self, model: Denoiser, cond: torch.Tensor, sampler: str = "ddim", steps: int | None = None,
                eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
@@ -179,7 +230,7 @@ class Diffusion:
                 raise ValueError(f"DDPM runs all {self.T} steps; use --sampler ddim for fewer (asked for {steps})")
             return self.ddpm_sample(model, cond, generator, progress=progress)
         if sampler == "ddim":
-            return self.ddim_sample(model, cond, steps or 50, eta, generator, progress=progress)
+            return self.ddim_sample(model, cond, steps or DEFAULT_DDIM_STEPS, eta, generator, progress=progress)
         raise ValueError(f"unknown sampler {sampler!r}: choose ddpm or ddim")
 
     @staticmethod

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kitchen_lib.datasets import iter_episodes
+from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS
 from kitchen_lib.inference import Predictor, load_predictor
 from kitchen_lib.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES, state_from_observation
 from kitchen_lib.metrics import frame_scores, summarise
@@ -80,7 +81,7 @@ def _predict_all(p: Predictor, cur: np.ndarray, sampler: str, steps: int | None,
     return out, (time.perf_counter() - t0) / len(cur)
 
 
-def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: str = "ddim", steps: int | None = 50,
+def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: str = "ddim", steps: int | None = DEFAULT_DDIM_STEPS,
              regression: Predictor | None = None, max_pairs: int | None = None, seed: int = 0, batch: int = 64,
              progress: bool = True, details: bool = False) -> dict:
     """Score the model and the baselines on the pairs of a split; returns the documented dict.
@@ -146,3 +147,24 @@ def load_with_regression(checkpoint: str | Path, regression: str | Path | None =
     if reg is not None and reg.objective != "regression":
         raise ValueError(f"{reg_path} is not a regression checkpoint (objective {reg.objective})")
     return p, reg
+
+
+def plot_time_to_quality(result: dict):
+    """Held-out PSNR against training minutes, model and copy, full frame and moving pixels.
+
+    `result` is bench/quality.py's JSON (its "curve" list); returns a matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    curve = result["curve"]
+    minutes = [0.0] + [c["minutes"] for c in curve]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3), dpi=80)
+    for ax, key, title in zip(axes, ("psnr", "psnr_moving"), ("full frame", "moving pixels"), strict=True):
+        # Minute 0: the untrained network is not scored; its line starts at the first point.
+        ax.plot(minutes[1:], [c["model"][key] for c in curve], "o-", label="diffusion model")
+        ax.plot(minutes, [curve[0]["copy"][key]] * len(minutes), "--", color="gray", label="copy current frame")
+        ax.set(title=f"{title}", xlabel="training minutes (2-core CPU)", ylabel="PSNR (dB)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"Held-out PSNR vs training time, cpu preset, {result.get('default_sampler', '')}", fontsize=10)
+    fig.tight_layout()
+    return fig

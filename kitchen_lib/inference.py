@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
-from kitchen_lib.diffusion import Diffusion
+from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS, Diffusion
 from kitchen_lib.images import image_grid
 from kitchen_lib.pairs import PairsCache, build_pairs, to_image, to_tensor
 from kitchen_lib.train import RunConfig, build_model, pick_device, regression_predict
-from kitchen_lib.unet import ConditionalUNet
+from kitchen_lib.unet import ConditionalUNet, channels_last
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Predictor:
     device: torch.device
 
     @torch.no_grad()
-    def predict(self, current: np.ndarray, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0,
+    def predict(self, current: np.ndarray, sampler: str = "ddim", steps: int | None = DEFAULT_DDIM_STEPS, eta: float = 0.0,
                 seed: int = 0, progress: bool = False) -> np.ndarray:
         """uint8 (B, H, W, C) or (H, W, C) current frames -> predicted future frames, same shape."""
         single = current.ndim == 3
@@ -36,7 +36,7 @@ class Predictor:
             raise ValueError(f"this model takes frames shaped {want} (H, W, C); got {frames.shape[1:]}")
         cond = to_tensor(frames).to(self.device)
         if self.objective == "regression":
-            out = to_image(regression_predict(self.model, cond).clamp(-1, 1))
+            out = to_image(regression_predict(self.model, cond, self.config.diffusion.residual).clamp(-1, 1))
         else:
             g = torch.Generator(device=self.device).manual_seed(seed)
             out = to_image(self.diffusion.sample(self.model, cond, sampler, steps, eta, generator=g, progress=progress))
@@ -66,7 +66,7 @@ def load_predictor(checkpoint: str | Path, ema: bool = True, device: str = "auto
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"{checkpoint}: weights do not fit the architecture in its own config ({e})") from e
-    return Predictor(model.to(dev).eval(), Diffusion(cfg.diffusion), cfg, dev)
+    return Predictor(channels_last(model.to(dev)).eval(), Diffusion(cfg.diffusion), cfg, dev)
 
 
 def pairs_for(predictor: Predictor, dataset: str | None = None) -> PairsCache:
@@ -76,7 +76,7 @@ def pairs_for(predictor: Predictor, dataset: str | None = None) -> PairsCache:
 
 
 def prediction_grid(predictor: Predictor, cache: PairsCache, split: str = "test", n: int = 8, sampler: str = "ddim",
-                    steps: int | None = 50, seed: int = 0) -> np.ndarray:
+                    steps: int | None = DEFAULT_DDIM_STEPS, seed: int = 0) -> np.ndarray:
     """A uint8 grid with rows current | predicted | actual for n pairs spread over a split."""
     idx = cache.frame_indices(split)
     if len(idx) == 0:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS
 from kitchen_lib.inference import Predictor
 from kitchen_lib.metrics import PSNR_CAP, psnr
 from kitchen_lib.paths import atomic_path
@@ -37,7 +38,7 @@ def max_horizon(num_frames: int, start: int, k: int) -> int:
 
 
 def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizon: int, sampler: str = "ddim",
-            steps: int | None = 20, seed: int = 0) -> Rollout:
+            steps: int | None = DEFAULT_DDIM_STEPS, seed: int = 0) -> Rollout:
     """Predict `horizon` steps of k frames from episode_frames[start], feeding predictions back."""
     k = predictor.k
     limit = max_horizon(len(episode_frames), start, k)

@@ -27,19 +27,21 @@ from kitchen_lib.diffusion import Diffusion, DiffusionConfig
 from kitchen_lib.images import image_grid
 from kitchen_lib.pairs import PAIRS_PRESETS, FramePairs, PairsConfig, build_pairs, to_image
 from kitchen_lib.paths import data_dir
-from kitchen_lib.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, count_parameters
+from kitchen_lib.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, channels_last, count_parameters
 
 OBJECTIVES = ("diffusion", "regression")
 
 
-def regression_loss(model, fut: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+def regression_loss(model, fut: torch.Tensor, cur: torch.Tensor, residual: bool = False) -> torch.Tensor:
     """The deterministic baseline: predict the future frame in one pass (no noise, t = 0)."""
-    return torch.mean((regression_predict(model, cur).float() - fut) ** 2)
+    return torch.mean((regression_predict(model, cur, residual).float() - fut) ** 2)
 
 
-def regression_predict(model, cur: torch.Tensor) -> torch.Tensor:
+def regression_predict(model, cur: torch.Tensor, residual: bool = False) -> torch.Tensor:
+    """One pass of the network; with residual=True its output is the change added to cur."""
     zeros = torch.zeros_like(cur)
-    return model(zeros, torch.zeros(cur.shape[0], dtype=torch.long, device=cur.device), cur)
+    out = model(zeros, torch.zeros(cur.shape[0], dtype=torch.long, device=cur.device), cur)
+    return cur + out if residual else out
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
 
 
+# What a saved config without these fields meant (they were added later).
+LEGACY_DIFFUSION = {"residual": False, "loss_weighting": "none", "min_snr_gamma": 5.0}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a run needs, one dataclass per concern."""
@@ -92,8 +98,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
+        # Checkpoints from before an option existed were trained without it, whatever today's default.
+        diffusion = LEGACY_DIFFUSION | d["diffusion"]
         return cls(data=PairsConfig(**d["data"]), model=UNetConfig.from_dict(d["model"]),
-                   diffusion=DiffusionConfig(**d["diffusion"]), train=TrainConfig(**d["train"]), preset=d.get("preset", "custom"))
+                   diffusion=DiffusionConfig(**diffusion), train=TrainConfig(**d["train"]), preset=d.get("preset", "custom"))
 
     def checkpoint_dir(self) -> Path:
         if self.train.checkpoint_dir:
@@ -189,7 +197,7 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.diffusion = Diffusion(cfg.diffusion)
-        self.model = build_model(cfg).to(self.device)
+        self.model = channels_last(build_model(cfg).to(self.device))
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
@@ -285,7 +293,7 @@ class Trainer:
 
     def _loss(self, net, fut: torch.Tensor, cur: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.cfg.train.objective == "regression":
-            return regression_loss(net, fut, cur)
+            return regression_loss(net, fut, cur, self.cfg.diffusion.residual)
         return self.diffusion.training_loss(net, fut, cur, generator=generator)
 
     @torch.no_grad()
@@ -311,7 +319,7 @@ class Trainer:
         fut = torch.stack([self.val_set[i][1] for i in idx])
         g = torch.Generator(device=self.device).manual_seed(0)
         if self.cfg.train.objective == "regression":
-            pred = regression_predict(self.ema.module.eval(), cur).clamp(-1, 1)
+            pred = regression_predict(self.ema.module.eval(), cur, self.cfg.diffusion.residual).clamp(-1, 1)
         else:
             pred = self.diffusion.ddim_sample(self.ema.module.eval(), cur, steps=self.cfg.train.sample_steps, generator=g)
         imgs = [to_image(x) for x in (cur, pred, fut)]

@@ -13,6 +13,8 @@ import ipywidgets as widgets
 import numpy as np
 from PIL import Image
 
+from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS
+
 
 def png_bytes(frame: np.ndarray, scale: int = 1) -> bytes:
     """uint8 (H, W, C) frame -> PNG bytes, enlarged `scale` times with sharp pixels."""
@@ -60,7 +62,7 @@ class PredictionDemo(widgets.VBox):
     button runs a short autoregressive rollout and shows it as an animation.
     """
 
-    def __init__(self, predictor, cache, sampler: str = "ddim", steps: int = 20, scale: int = 3,
+    def __init__(self, predictor, cache, sampler: str = "ddim", steps: int = DEFAULT_DDIM_STEPS, scale: int = 3,
                  rollout_horizon: int = 8) -> None:
         from kitchen_lib.metrics import PSNR_CAP, psnr
 

@@ -80,7 +80,7 @@ def test_samplers_are_deterministic_under_a_seed_and_run_every_step():
     assert torch.equal(a, b) and not torch.equal(a, c)
     calls.clear()
     e = d.ddim_sample(model, cond, steps=10, generator=torch.Generator().manual_seed(7))
-    assert len(calls) == 10 and calls[0] == 999 and calls[-1] == 0
+    assert calls == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]  # trailing spacing, one call per step
     assert torch.equal(e, d.ddim_sample(model, cond, steps=10, generator=torch.Generator().manual_seed(7)))
 
 
@@ -89,8 +89,43 @@ def test_bad_settings_are_refused():
         Diffusion(DiffusionConfig(schedule="quadratic"))
     with pytest.raises(ValueError, match="prediction"):
         Diffusion(DiffusionConfig(prediction="score"))
+    with pytest.raises(ValueError, match="loss weighting"):
+        Diffusion(DiffusionConfig(loss_weighting="p2"))
     d = Diffusion()
     with pytest.raises(ValueError, match="DDPM runs all"):
         d.sample(lambda x, t, c: x, torch.zeros(1, 3, 4, 4), "ddpm", steps=10)
     with pytest.raises(ValueError, match="DDIM steps"):
         d.ddim_timesteps(0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_residual_diffusion_recovers_the_future_frame_with_an_oracle(prediction):
+    d = Diffusion(DiffusionConfig(prediction=prediction, schedule="cosine", residual=True))
+    g = torch.Generator().manual_seed(3)
+    cond = torch.rand((2, 3, 8, 8), generator=g) * 1.8 - 0.9
+    future = (cond + 0.3 * torch.randn(cond.shape, generator=g)).clamp(-1, 1)
+    change = d.to_x0(future, cond)
+    assert torch.allclose(change, future - cond)
+    for sample in (d.ddpm_sample(oracle(d, change), cond, generator=g),
+                   d.ddim_sample(oracle(d, change), cond, steps=5, generator=g)):
+        assert torch.allclose(sample, future, atol=1e-3)
+    # An oracle for the wrong thing (the frame, not its change) does not give the frame back.
+    assert not torch.allclose(d.ddim_sample(oracle(d, future), cond, steps=5, generator=g), future, atol=0.1)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction):
+    """Whatever the target, the weighted loss equals min(SNR_t, gamma) * ||x0_hat - x0||^2."""
+    d = Diffusion(DiffusionConfig(prediction=prediction, schedule="cosine", loss_weighting="min_snr", min_snr_gamma=5.0))
+    g = torch.Generator().manual_seed(4)
+    x0, noise = torch.rand((6, 3, 4, 4), generator=g) * 2 - 1, torch.randn((6, 3, 4, 4), generator=g)
+    t = torch.tensor([1, 50, 200, 400, 700, 950])
+    xt = d.q_sample(x0, t, noise)
+    out = d.target(x0, noise, t) + 0.1 * torch.randn(x0.shape, generator=g)  # an imperfect network
+    weighted = d.loss_weights(t) * (out - d.target(x0, noise, t)) ** 2
+    x0_hat, _ = d.x0_and_eps(out, xt, t)
+    snr = d.snr()[t].float().view(-1, 1, 1, 1)
+    assert torch.allclose(weighted, snr.clamp(max=5.0) * (x0_hat - x0) ** 2, rtol=1e-3, atol=1e-6)
+    assert d.loss_weights(t).shape == (6, 1, 1, 1)
+    flat = Diffusion(DiffusionConfig(prediction=prediction))
+    assert torch.equal(flat.loss_weights(t), torch.ones(6, 1, 1, 1))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
-from kitchen_lib.train import RUN_PRESETS, Trainer, TrainingDiverged, train, with_overrides
+from kitchen_lib.train import LEGACY_DIFFUSION, RUN_PRESETS, RunConfig, Trainer, TrainingDiverged, train, with_overrides
 
 
 def smoke_cfg(small_dataset, ckpt_dir, **train_fields):
@@ -156,3 +156,14 @@ def test_resume_survives_a_metrics_line_cut_short(small_pairs, small_dataset, tm
     r = train(with_overrides(cfg, train={"epochs": 2}), resume="latest", progress=False)
     steps, _ = losses(tmp_path)
     assert r.steps == 14 and sorted(steps) == list(range(1, 15))
+
+
+def test_configs_saved_before_an_option_existed_keep_their_meaning():
+    cfg = with_overrides(RUN_PRESETS["cpu"], diffusion={"residual": True, "loss_weighting": "min_snr"})
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg  # a round trip keeps everything
+    old = cfg.to_dict()
+    for key in LEGACY_DIFFUSION:
+        del old["diffusion"][key]
+    loaded = RunConfig.from_dict(old)
+    assert not loaded.diffusion.residual and loaded.diffusion.loss_weighting == "none"
+    assert loaded.model == cfg.model and loaded.train == cfg.train

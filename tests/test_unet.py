@@ -1,7 +1,11 @@
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 
-from kitchen_lib.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, count_parameters
+from kitchen_lib.diffusion import Diffusion, DiffusionConfig
+from kitchen_lib.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, channels_last, count_parameters
 
 
 @pytest.mark.parametrize("size,attn", [(32, 8), (64, 16), (128, 32)])
@@ -23,7 +27,7 @@ def test_seed_preset_is_the_original_architecture():
 
 
 def test_output_depends_on_time_and_condition():
-    net = ConditionalUNet(UNET_PRESETS["smoke"]).eval()
+    net = ConditionalUNet(replace(UNET_PRESETS["smoke"], zero_init=False)).eval()
     x, c = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
     out = net(x, torch.tensor([10]), c)
     assert not torch.allclose(out, net(x, torch.tensor([900]), c))
@@ -47,3 +51,27 @@ def test_wrong_input_shape_says_what_it_expects():
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
         net(x, torch.tensor([1]), x)
+
+
+def test_zero_init_starts_as_copying_the_frame_and_then_learns():
+    torch.manual_seed(0)
+    net = ConditionalUNet(replace(UNET_PRESETS["smoke"], zero_init=True))
+    cur, fut = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    assert torch.equal(net(fut, torch.tensor([5, 50, 500, 900]), cur), torch.zeros_like(cur))
+    d = Diffusion(DiffusionConfig(residual=True, prediction="x0", schedule="cosine"))
+    assert torch.equal(d.ddim_sample(net.eval(), cur, steps=3, generator=torch.Generator().manual_seed(0)), cur)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(2):  # the zeroed layers get gradients first, then everything behind them
+        opt.zero_grad()
+        d.training_loss(net.train(), fut, cur).backward()
+        opt.step()
+    out = net.eval()(fut, torch.tensor([500] * 4), cur)
+    assert out.abs().max() > 0 and not torch.allclose(out, net(fut, torch.tensor([500] * 4), -cur))
+
+
+def test_channels_last_computes_the_same_function():
+    net = ConditionalUNet(replace(UNET_PRESETS["smoke"], zero_init=False)).eval()
+    fast = channels_last(copy.deepcopy(net))
+    assert fast.inp.weight.is_contiguous(memory_format=torch.channels_last)
+    x, c, t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
+    assert torch.allclose(net(x, t, c), fast(x, t, c), atol=1e-5)
