@@ -230,7 +230,7 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     "smoke": UNetConfig(image_size=32, base_channels=16, channel_mults=(1, 2), attention_resolutions=(16,),
                         time_emb_dim=32, time_mlp_dim=64, dropout=0.0),
     # Four levels (64, 32, 16, 8 px) with attention in the 8px middle: the 64px level, where
-    # convolutions cost most, stays narrow. Twice the training throughput of (1, 2, 3) with
+    # convolutions cost most, stays narrow. 1.8x the training throughput of (1, 2, 3) with
     # attention at 16px, at the same parameter count (issue 5, bench/speed.py).
     "cpu": UNetConfig(image_size=64, base_channels=32, channel_mults=(1, 1, 2, 3), attention_resolutions=(),
                       time_emb_dim=128, time_mlp_dim=256, dropout=0.1),
