@@ -231,7 +231,7 @@ UNET_PRESETS: dict[str, UNetConfig] = {
                         time_emb_dim=32, time_mlp_dim=64, dropout=0.0),
     # Four levels (64, 32, 16, 8 px) with attention in the 8px middle: the 64px level, where
     # convolutions cost most, stays narrow. 1.8x the training throughput of (1, 2, 3) with
-    # attention at 16px, at the same parameter count (issue 5, bench/speed.py).
+    # attention at 16px, at the same parameter count (issue 5).
     "cpu": UNetConfig(image_size=64, base_channels=32, channel_mults=(1, 1, 2, 3), attention_resolutions=(),
                       time_emb_dim=128, time_mlp_dim=256, dropout=0.1),
     "seed": UNetConfig(image_size=128, base_channels=32, channel_mults=(1, 2, 3), attention_resolutions=(32,),
