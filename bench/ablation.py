@@ -3,8 +3,8 @@
     python bench/ablation.py [VARIANT ...] [--minutes 5] [--pairs 192]
 
 Each variant trains the cpu preset for --minutes of wall time from scratch (same data, same
-seed), then scores its EMA weights with DDIM-10 and DDIM-3 (and its raw weights with DDIM-10) on --pairs test pairs spread over
-the test episodes, beside copy-the-current-frame. Results are merged into
+seed), then scores its EMA weights with DDIM-10 and DDIM-3 (and its raw weights with DDIM-10) on
+--pairs test pairs spread over the test episodes, beside copy-the-current-frame. Results are merged into
 bench/results/ablation.json (one entry per variant, so variants can be run a few at a time)
 and the whole table is printed. With no VARIANT, runs them all (about 6 minutes each here).
 Issue 5 chose the cpu preset's defaults from this table; notebook 03 shows it.
@@ -44,6 +44,10 @@ VARIANTS: dict[str, tuple[dict, dict, dict]] = {
 }
 
 
+def psnrs(result: dict, method: str) -> dict:
+    return {k: result["methods"][method][k] for k in ("psnr", "psnr_moving")}
+
+
 def run(name: str, minutes: float, pairs: int) -> dict:
     diffusion, model, train = VARIANTS[name]
     ckpt = Path(tempfile.mkdtemp(prefix="ablation-"))
@@ -58,12 +62,12 @@ def run(name: str, minutes: float, pairs: int) -> dict:
                "overrides": {"diffusion": diffusion, "model": model, "train": train}}
         for steps in (10, 3):
             ev = evaluate(pred, cache, "test", "ddim", steps, max_pairs=pairs, progress=False)
-            out[f"ddim{steps}"] = {k: ev["methods"]["diffusion"][k] for k in ("psnr", "psnr_moving")}
-            out["copy"] = {k: ev["methods"]["copy"][k] for k in ("psnr", "psnr_moving")}
+            out[f"ddim{steps}"] = psnrs(ev, "diffusion")
+        out["copy"] = psnrs(ev, "copy")
         # The raw (non-EMA) weights too: in a short run the EMA may still lag behind them.
         ev = evaluate(load_predictor(ckpt / "latest.pt", ema=False), cache, "test", "ddim", 10, max_pairs=pairs,
                       progress=False)
-        out["raw_ddim10"] = {k: ev["methods"]["diffusion"][k] for k in ("psnr", "psnr_moving")}
+        out["raw_ddim10"] = psnrs(ev, "diffusion")
         return out
     finally:
         shutil.rmtree(ckpt, ignore_errors=True)

@@ -36,7 +36,7 @@ from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS  # noqa: E402
 from kitchen_lib.evaluate import evaluate, plot_time_to_quality  # noqa: E402
 from kitchen_lib.inference import load_predictor  # noqa: E402
 from kitchen_lib.pairs import build_pairs  # noqa: E402
-from kitchen_lib.paths import data_dir  # noqa: E402
+from kitchen_lib.paths import atomic_path, data_dir  # noqa: E402
 from kitchen_lib.train import RUN_PRESETS, Trainer, with_overrides  # noqa: E402
 
 SAMPLERS = [("ddpm", None), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("ddim", 5)]
@@ -117,8 +117,8 @@ def main() -> None:
                              and min(r["gap_to_ddpm_db"].values()) >= -0.5 and r["seconds_per_frame"] <= 0.2
                              and r["speedup_vs_ddpm"] >= 50]
 
-    fig = plot_time_to_quality(res)
-    fig.savefig(RESULTS / "time_to_quality.png", dpi=80, bbox_inches="tight")
+    with atomic_path(RESULTS / "time_to_quality.png") as tmp:
+        plot_time_to_quality(res).savefig(tmp, dpi=80, bbox_inches="tight")
 
     print(f"\nTime to quality ({a.curve_pairs} test pairs, {sampler}-{steps}):")
     print(table([{"minutes": round(c["minutes"], 1), "steps": c["steps"], "model_psnr": round(c["model"]["psnr"], 2),
