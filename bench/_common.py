@@ -30,9 +30,9 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_json(name: str, obj: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    from kitchen_lib.paths import atomic_path
+
     path = RESULTS / name
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
     return path

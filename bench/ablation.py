@@ -7,7 +7,7 @@ seed), then scores its EMA weights with DDIM-10 and DDIM-3 (and its raw weights 
 --pairs test pairs spread over the test episodes, beside copy-the-current-frame. Results are merged into
 bench/results/ablation.json (one entry per variant, so variants can be run a few at a time)
 and the whole table is printed. With no VARIANT, runs them all (about 6 minutes each here).
-Issue 5 chose the cpu preset's defaults from this table; notebook 03 shows it.
+The cpu preset's diffusion defaults were chosen from this table; notebook 03 shows it.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 
+from kitchen_lib.config import preset, with_overrides  # noqa: E402
+from kitchen_lib.diffusion import SamplerConfig  # noqa: E402
 from kitchen_lib.evaluate import evaluate  # noqa: E402
 from kitchen_lib.inference import load_predictor  # noqa: E402
 from kitchen_lib.pairs import build_pairs  # noqa: E402
-from kitchen_lib.train import RUN_PRESETS, Trainer, with_overrides  # noqa: E402
+from kitchen_lib.train import Trainer  # noqa: E402
 
 ORIGINAL = {"prediction": "eps", "schedule": "linear", "residual": False, "loss_weighting": "none"}
 RESIDUAL_X0 = {"prediction": "x0", "schedule": "cosine", "residual": True, "loss_weighting": "none"}
@@ -52,20 +54,20 @@ def run(name: str, minutes: float, pairs: int) -> dict:
     diffusion, model, train = VARIANTS[name]
     ckpt = Path(tempfile.mkdtemp(prefix="ablation-"))
     try:
-        cfg = with_overrides(RUN_PRESETS["cpu"], diffusion=diffusion, model=model,
+        cfg = with_overrides(preset("cpu"), diffusion=diffusion, model=model,
                              train={"max_minutes": minutes, "checkpoint_dir": str(ckpt), "log_images": False,
                                     "tensorboard_dir": str(ckpt / "tb"), **train})
         r = Trainer(cfg, progress=False).fit()
         pred = load_predictor(ckpt / "latest.pt")
         cache = build_pairs(cfg.data, progress=False)
-        out = {"minutes": minutes, "steps": r.steps, "samples_per_s": r.samples_per_second,
+        out = {"minutes": minutes, "steps": r.optimizer_steps, "samples_per_s": r.samples_per_second,
                "overrides": {"diffusion": diffusion, "model": model, "train": train}}
         for steps in (10, 3):
-            ev = evaluate(pred, cache, "test", "ddim", steps, max_pairs=pairs, progress=False)
+            ev = evaluate(pred, cache, "test", SamplerConfig("ddim", steps), max_pairs=pairs, progress=False)
             out[f"ddim{steps}"] = psnrs(ev, "diffusion")
         out["copy"] = psnrs(ev, "copy")
         # The raw (non-EMA) weights too: in a short run the EMA may still lag behind them.
-        ev = evaluate(load_predictor(ckpt / "latest.pt", ema=False), cache, "test", "ddim", 10, max_pairs=pairs,
+        ev = evaluate(load_predictor(ckpt / "latest.pt", ema=False), cache, "test", SamplerConfig("ddim", 10), max_pairs=pairs,
                       progress=False)
         out["raw_ddim10"] = psnrs(ev, "diffusion")
         return out

@@ -32,14 +32,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 
-from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS  # noqa: E402
+from kitchen_lib.config import preset, with_overrides  # noqa: E402
+from kitchen_lib.diffusion import SamplerConfig  # noqa: E402
 from kitchen_lib.evaluate import evaluate, plot_time_to_quality  # noqa: E402
 from kitchen_lib.inference import load_predictor  # noqa: E402
 from kitchen_lib.pairs import build_pairs  # noqa: E402
 from kitchen_lib.paths import atomic_path, data_dir  # noqa: E402
-from kitchen_lib.train import RUN_PRESETS, Trainer, with_overrides  # noqa: E402
+from kitchen_lib.train import Trainer  # noqa: E402
 
-SAMPLERS = [("ddpm", None), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("ddim", 5)]
+SAMPLERS = [SamplerConfig("ddpm"), SamplerConfig("ddim", 50), SamplerConfig("ddim", 20), SamplerConfig("ddim", 10),
+            SamplerConfig("ddim", 5)]
 
 
 def scores(result: dict, method: str) -> dict:
@@ -47,13 +49,13 @@ def scores(result: dict, method: str) -> dict:
     return {"psnr": m["psnr"], "psnr_moving": m["psnr_moving"], "ssim": m["ssim"]}
 
 
-def seconds_per_frame(predictor, frame: np.ndarray, sampler: str, steps: int | None) -> float:
+def seconds_per_frame(predictor, frame: np.ndarray, sampler: SamplerConfig) -> float:
     """Batch of one, best of 3 (1 for DDPM), after a warm-up."""
-    predictor.predict(frame, "ddim", 2)
+    predictor.predict(frame, SamplerConfig("ddim", 2))
     best = float("inf")
-    for i in range(1 if sampler == "ddpm" else 3):
+    for i in range(1 if sampler.name == "ddpm" else 3):
         t0 = time.perf_counter()
-        predictor.predict(frame, sampler, steps, seed=i)
+        predictor.predict(frame, sampler, seed=i)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -68,11 +70,12 @@ def main() -> None:
     a = ap.parse_args()
     points = sorted({p for p in a.points if p < a.minutes} | {a.minutes})
     run_dir = Path(a.run_dir or data_dir() / "checkpoints" / f"bench-quality-{time.strftime('%Y%m%d-%H%M%S')}")
-    base = RUN_PRESETS["cpu"]
-    sampler, steps = "ddim", DEFAULT_DDIM_STEPS
+    base = preset("cpu")
+    sampler = base.sampler  # the preset's default
+    label = sampler.label(base.diffusion.timesteps)
     cache = build_pairs(base.data)
     res = {"machine": machine(), "preset": "cpu", "config": base.to_dict(), "run_dir": str(run_dir),
-           "default_sampler": f"{sampler}-{steps}", "curve": [], "curve_pairs": a.curve_pairs}
+           "default_sampler": label, "curve": [], "curve_pairs": a.curve_pairs}
 
     # 1. time to quality
     trained = 0.0
@@ -81,10 +84,10 @@ def main() -> None:
         r = Trainer(cfg, resume="latest" if trained else None).fit()
         trained += r.seconds / 60
         pred = load_predictor(run_dir / "latest.pt")
-        ev = evaluate(pred, cache, "test", sampler, steps, max_pairs=a.curve_pairs, progress=False)
-        row = {"minutes": trained, "steps": r.steps, "model": scores(ev, "diffusion"), "copy": scores(ev, "copy")}
+        ev = evaluate(pred, cache, "test", sampler, max_pairs=a.curve_pairs, progress=False)
+        row = {"minutes": trained, "steps": r.optimizer_steps, "model": scores(ev, "diffusion"), "copy": scores(ev, "copy")}
         res["curve"].append(row)
-        print(f"{trained:5.1f} min, {r.steps:5d} steps: model {row['model']['psnr']:.2f} dB "
+        print(f"{trained:5.1f} min, {r.optimizer_steps:5d} optimizer steps: model {row['model']['psnr']:.2f} dB "
               f"(moving {row['model']['psnr_moving']:.2f}), copy {row['copy']['psnr']:.2f} ({row['copy']['psnr_moving']:.2f})",
               flush=True)
         if not r.stopped_early:
@@ -93,7 +96,7 @@ def main() -> None:
     pred = load_predictor(run_dir / "latest.pt")
 
     # 2. the final model on every test pair
-    full = evaluate(pred, cache, "test", sampler, steps, progress=True)
+    full = evaluate(pred, cache, "test", sampler, progress=True)
     res["final"] = {"pairs": full["pairs"], "model": scores(full, "diffusion"), "copy": scores(full, "copy"),
                     "per_task": full["per_task"]}
     gain = {k: res["final"]["model"][k] - res["final"]["copy"][k] for k in ("psnr", "psnr_moving")}
@@ -103,12 +106,12 @@ def main() -> None:
     # 3. samplers against DDPM-1000
     frame = np.asarray(cache.frames[cache.frame_indices("test")[0, 0]])
     res["samplers"] = {}
-    for s, n in SAMPLERS:
-        ev = evaluate(pred, cache, "test", s, n, max_pairs=a.sampler_pairs, progress=False)
-        label = f"{s}-{n or pred.diffusion.T}"
-        res["samplers"][label] = scores(ev, "diffusion") | {"network_calls": n or pred.diffusion.T,
-                                                              "seconds_per_frame": seconds_per_frame(pred, frame, s, n)}
-        print(label, res["samplers"][label], flush=True)
+    for s in SAMPLERS:
+        ev = evaluate(pred, cache, "test", s, max_pairs=a.sampler_pairs, progress=False)
+        key = s.label(pred.model.diffusion.T).lower()
+        res["samplers"][key] = scores(ev, "diffusion") | {"network_calls": pred.model.network_calls(s),
+                                                            "seconds_per_frame": seconds_per_frame(pred, frame, s)}
+        print(key, res["samplers"][key], flush=True)
     ddpm = res["samplers"]["ddpm-1000"]
     for r in res["samplers"].values():
         r["gap_to_ddpm_db"] = {k: r[k] - ddpm[k] for k in ("psnr", "psnr_moving")}
@@ -120,13 +123,13 @@ def main() -> None:
     with atomic_path(RESULTS / "time_to_quality.png") as tmp:
         plot_time_to_quality(res).savefig(tmp, dpi=80, bbox_inches="tight")
 
-    print(f"\nTime to quality ({a.curve_pairs} test pairs, {sampler}-{steps}):")
+    print(f"\nTime to quality ({a.curve_pairs} test pairs, {label}):")
     print(table([{"minutes": round(c["minutes"], 1), "steps": c["steps"], "model_psnr": round(c["model"]["psnr"], 2),
                   "copy_psnr": round(c["copy"]["psnr"], 2), "model_moving": round(c["model"]["psnr_moving"], 2),
                   "copy_moving": round(c["copy"]["psnr_moving"], 2)} for c in res["curve"]],
                 ["minutes", "steps", "model_psnr", "copy_psnr", "model_moving", "copy_moving"]))
     f = res["final"]
-    print(f"\nTarget 1: all {f['pairs']} test pairs after {trained:.1f} min ({sampler}-{steps}):")
+    print(f"\nTarget 1: all {f['pairs']} test pairs after {trained:.1f} min ({label}):")
     print(table([{"method": m, "psnr": round(f[m]["psnr"], 2), "psnr_moving": round(f[m]["psnr_moving"], 2),
                   "ssim": round(f[m]["ssim"], 3)} for m in ("model", "copy")]
                 + [{"method": "gain (dB)", "psnr": round(gain["psnr"], 2), "psnr_moving": round(gain["psnr_moving"], 2)}],

@@ -27,17 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import machine, table, write_json  # noqa: E402
 
-from kitchen_lib.diffusion import Diffusion  # noqa: E402
-from kitchen_lib.train import RUN_PRESETS  # noqa: E402
+from kitchen_lib.config import preset  # noqa: E402
+from kitchen_lib.diffusion import Diffusion, SamplerConfig  # noqa: E402
 from kitchen_lib.unet import ConditionalUNet, channels_last, count_parameters  # noqa: E402
 
-SAMPLERS = [("ddpm", None), ("ddim", 50), ("ddim", 20), ("ddim", 10), ("ddim", 5)]
+SAMPLERS = [SamplerConfig("ddpm"), SamplerConfig("ddim", 50), SamplerConfig("ddim", 20), SamplerConfig("ddim", 10),
+            SamplerConfig("ddim", 5)]
 
 
 def train_throughput(model: torch.nn.Module, batch: int, channels: int, size: int, steps: int = 3, call=None,
                      bf16: bool = False) -> float:
     """Samples per second of full training steps (best of 3 runs of `steps` steps)."""
-    d = Diffusion(RUN_PRESETS["cpu"].diffusion)
+    d = Diffusion(preset("cpu").diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x0, cond = torch.randn(batch, channels, size, size), torch.randn(batch, channels, size, size)
     call = call if call is not None else (lambda xt, t, c: model(xt, t, c))
@@ -60,17 +61,18 @@ def train_throughput(model: torch.nn.Module, batch: int, channels: int, size: in
     return batch * steps / best
 
 
-def diffusers_peer(cfg, last: bool):
+def diffusers_peer(rc, last: bool):
     """diffusers' UNet2DModel shaped like our U-Net, or None if diffusers is not installed."""
     try:
         from diffusers import UNet2DModel
     except ImportError:
         return None
+    cfg, size, channels = rc.model, rc.data.size, rc.data.channels
     chans = tuple(cfg.base_channels * m for m in cfg.channel_mults)
-    res = cfg.resolutions()
-    down = tuple("AttnDownBlock2D" if r in cfg.attention_resolutions else "DownBlock2D" for r in res)
-    up = tuple("AttnUpBlock2D" if r in cfg.attention_resolutions else "UpBlock2D" for r in reversed(res))
-    net = UNet2DModel(sample_size=cfg.image_size, in_channels=2 * cfg.image_channels, out_channels=cfg.image_channels,
+    levels = range(len(chans))
+    down = tuple("AttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in levels)
+    up = tuple("AttnUpBlock2D" if i in cfg.attention_levels else "UpBlock2D" for i in reversed(levels))
+    net = UNet2DModel(sample_size=size, in_channels=2 * channels, out_channels=channels,
                       block_out_channels=chans, layers_per_block=cfg.num_res_blocks, down_block_types=down,
                       up_block_types=up, norm_num_groups=cfg.groups, attention_head_dim=chans[-1] // cfg.heads,
                       time_embedding_dim=cfg.time_mlp_dim, dropout=cfg.dropout)
@@ -80,35 +82,39 @@ def diffusers_peer(cfg, last: bool):
     return net, (lambda xt, t, c: net(torch.cat([xt, c], 1).contiguous(memory_format=fmt), t).sample)
 
 
-def contenders(cfg, bf16: bool, compile_: bool) -> list[tuple]:
+def unet(rc) -> ConditionalUNet:
+    return ConditionalUNet(rc.model, rc.data.size, rc.data.channels)
+
+
+def contenders(rc, bf16: bool, compile_: bool) -> list[tuple]:
     """(key, label, make() -> (net, call), bf16) for everything timed beside ours."""
-    out = [("ours_default_layout", "  ours, default layout", lambda: (ConditionalUNet(cfg), None), False)]
+    out = [("ours_default_layout", "  ours, default layout", lambda: (unet(rc), None), False)]
     if bf16:
-        out.append(("ours_bf16", "  ours, bf16 autocast", lambda: (channels_last(ConditionalUNet(cfg)), None), True))
+        out.append(("ours_bf16", "  ours, bf16 autocast", lambda: (channels_last(unet(rc)), None), True))
     if compile_:
         def compiled():
-            net = channels_last(ConditionalUNet(cfg))
+            net = channels_last(unet(rc))
             return net, torch.compile(net)
         out.append(("ours_compiled", "  ours, torch.compile", compiled, False))
-    if diffusers_peer(cfg, False) is not None:
+    if diffusers_peer(rc, False) is not None:
         for last in (False, True):
             out.append((f"diffusers{'_channels_last' if last else ''}",
                         f"  diffusers UNet2DModel, same shape{', channels-last' if last else ''}",
-                        lambda last=last: diffusers_peer(cfg, last), False))
+                        lambda last=last: diffusers_peer(rc, last), False))
     return out
 
 
-def sampling_time(sampler: str, steps: int | None) -> float:
-    rc = RUN_PRESETS["cpu"]
-    net = channels_last(ConditionalUNet(rc.model)).eval()
+def sampling_time(sampler: SamplerConfig) -> float:
+    rc = preset("cpu")
+    net = channels_last(unet(rc)).eval()
     d = Diffusion(rc.diffusion)
-    cond = torch.zeros(1, rc.model.image_channels, rc.model.image_size, rc.model.image_size)
+    cond = torch.zeros(1, rc.data.channels, rc.data.size, rc.data.size)
     g = torch.Generator().manual_seed(0)
-    d.sample(net, cond, "ddim", 3, generator=g)  # warm-up
+    d.sample(net, cond, SamplerConfig("ddim", 3), generator=g)  # warm-up
     best = float("inf")
-    for _ in range(1 if sampler == "ddpm" else 3):
+    for _ in range(1 if sampler.name == "ddpm" else 3):
         t0 = time.perf_counter()
-        d.sample(net, cond, sampler, steps, generator=g)
+        d.sample(net, cond, sampler, generator=g)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -123,17 +129,17 @@ def main() -> None:
     torch.manual_seed(0)
     rows, res = [], {"machine": machine(), "train": {}, "sampling": {}}
     for name in a.presets:
-        rc = RUN_PRESETS[name]
-        cfg, batch = rc.model, rc.train.batch_size
-        shape = (batch, cfg.image_channels, cfg.image_size)
-        r = res["train"][name] = {"size": cfg.image_size, "batch": batch}
-        ours = channels_last(ConditionalUNet(cfg))
+        rc = preset(name)
+        size, batch = rc.data.size, rc.train.batch_size
+        shape = (batch, rc.data.channels, size)
+        r = res["train"][name] = {"size": size, "batch": batch}
+        ours = channels_last(unet(rc))
         r["parameters"] = count_parameters(ours)
-        steps = 3 if cfg.image_size <= 64 else 2  # a 128px step takes seconds here
+        steps = 3 if size <= 64 else 2  # a 128px step takes seconds here
         r["ours"] = train_throughput(ours, *shape, steps=steps)
-        rows.append({"what": f"train {name} ({cfg.image_size}px, batch {batch}): ours", "params": f"{r['parameters']:,}",
+        rows.append({"what": f"train {name} ({size}px, batch {batch}): ours", "params": f"{r['parameters']:,}",
                      "samples_per_s": round(r["ours"], 1)})
-        variants = contenders(cfg, a.try_bf16 and name == "cpu", a.try_compile and name == "cpu")
+        variants = contenders(rc, a.try_bf16 and name == "cpu", a.try_compile and name == "cpu")
         if not any(k.startswith("diffusers") for k, *_ in variants):
             rows.append({"what": "  diffusers UNet2DModel", "samples_per_s": "diffusers not installed"})
         for key, label, make, bf16 in variants:
@@ -147,12 +153,13 @@ def main() -> None:
             r[key] = sps
             rows.append({"what": label, "params": f"{count_parameters(net):,}", "samples_per_s": round(sps, 1),
                          "ours_over_this": round(r["ours"] / sps, 2)})
-    for sampler, steps in SAMPLERS:
-        if a.skip_ddpm and sampler == "ddpm":
+    timesteps = preset("cpu").diffusion.timesteps
+    for sampler in SAMPLERS:
+        if a.skip_ddpm and sampler.name == "ddpm":
             continue
-        s = sampling_time(sampler, steps)
-        label = f"{sampler}-{steps or 1000}"
-        res["sampling"][label] = {"seconds_per_frame": s, "network_passes": steps or 1000}
+        s = sampling_time(sampler)
+        label = sampler.label(timesteps).lower()
+        res["sampling"][label] = {"seconds_per_frame": s, "network_passes": sampler.calls(timesteps)}
     ddpm = res["sampling"].get("ddpm-1000", {}).get("seconds_per_frame")
     for label, s in res["sampling"].items():
         if ddpm:

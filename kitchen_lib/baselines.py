@@ -6,23 +6,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kitchen_lib.metrics import changed_fraction, mean_psnr
+from kitchen_lib.metrics import changed_fraction, frame_scores, mean_psnr, summarise
 from kitchen_lib.pairs import PairsCache
 
 
+def copy_frame(current: np.ndarray) -> np.ndarray:
+    """The copy baseline's prediction: nothing moves, the future frame is the current one."""
+    return current
+
+
 def copy_baseline(cache: PairsCache, split: str = "test", max_pairs: int | None = None) -> dict[str, float]:
-    """Predict the future frame as a copy of the current one; PSNR and how much changes."""
-    idx = cache.frame_indices(split)
-    if max_pairs is not None and len(idx) > max_pairs:
-        idx = idx[np.linspace(0, len(idx) - 1, max_pairs).astype(int)]
-    if len(idx) == 0:
-        raise ValueError(f"the {split} split has no pairs")
-    cur, fut = cache.frames[idx[:, 0]], cache.frames[idx[:, 1]]
-    return {
-        "pairs": int(len(idx)),
-        "psnr": mean_psnr(fut, cur),
-        "changed_fraction": float(np.mean([changed_fraction(c, f) for c, f in zip(cur, fut, strict=True)])),
-    }
+    """Score copy_frame on the pairs of a split (evenly thinned to max_pairs), and say how much changes."""
+    cur, fut = cache.pair_frames(cache.select(split, max_pairs))
+    scores = summarise([frame_scores(c, f, p) for c, f, p in zip(cur, fut, copy_frame(cur), strict=True)])
+    return {"pairs": len(cur), **scores,
+            "changed_fraction": float(np.mean([changed_fraction(c, f) for c, f in zip(cur, fut, strict=True)]))}
 
 
 def copy_baseline_by_k(cache: PairsCache, ks: Sequence[int], split: str = "test", stride: int = 1) -> dict[str, list[float]]:

@@ -40,10 +40,6 @@ class Episode:
     observations: np.ndarray  # (T+1, 59) float
     actions: np.ndarray  # (T, 9) float
 
-    @property
-    def num_steps(self) -> int:
-        return len(self.actions)
-
     def completions(self, tasks: tuple[str, ...] = COMPLETE_TASKS) -> dict[str, int | None]:
         """First step at which each task is complete (None if never), from the states."""
         first: dict[str, int | None] = {t: None for t in tasks}
@@ -52,6 +48,15 @@ class Episode:
                 if first[task] is None:
                     first[task] = t
         return first
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How much our scripted expert records: episodes, the step limit of each, the seed."""
+
+    episodes: int = 20
+    max_steps: int = 900  # long enough for all four tasks
+    seed: int = 0
 
 
 def store_path() -> Path:
@@ -235,9 +240,9 @@ class GenerateReport:
 
 def generate_dataset(
     dataset_id: str = OFFLINE_DATASET_ID,
-    episodes: int = 20,
-    seed: int = 0,
-    max_steps: int = 900,
+    episodes: int = GenerateConfig.episodes,
+    seed: int = GenerateConfig.seed,
+    max_steps: int = GenerateConfig.max_steps,
     overwrite: bool = False,
     progress: bool = True,
     random_actions: bool = False,
@@ -278,10 +283,10 @@ def generate_dataset(
     )
 
 
-def ensure_dataset(dataset_id: str, episodes: int, seed: int = 0, max_steps: int = 900) -> str:
+def ensure_dataset(dataset_id: str, size: GenerateConfig = GenerateConfig(), progress: bool = True) -> str:
     """Generate one of our datasets if it is not in the store yet (for notebooks and the CLI)."""
     if not is_local(dataset_id):
         if dataset_id in D4RL_DATASET_IDS:
             open_dataset(dataset_id)  # raises the how-to-download error
-        generate_dataset(dataset_id, episodes=episodes, seed=seed, max_steps=max_steps)
+        generate_dataset(dataset_id, episodes=size.episodes, seed=size.seed, max_steps=size.max_steps, progress=progress)
     return dataset_id

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 PREDICTIONS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "cosine")
 LOSS_WEIGHTINGS = ("none", "min_snr")
-# DDIM steps the demo, the CLI and evaluation use unless told otherwise (bench/quality.py).
-DEFAULT_DDIM_STEPS = 10
+SAMPLERS = ("ddim", "ddpm")
+DEFAULT_DDIM_STEPS = 10  # what SamplerConfig() means by "DDIM" (chosen with bench/quality.py)
 
 # model(x_t, t, cond) -> prediction, all (B, C, H, W) but t (B,)
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,9 +46,10 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class DiffusionConfig:
-    timesteps: int = 1000
-    # Defaults: what won bench/ablation.py on a CPU budget (issue 5). The original DDPM recipe
-    # is schedule="linear", prediction="eps", residual=False.
+    """The forward process and what the network learns. The defaults won bench/ablation.py on a
+    CPU budget; the original DDPM recipe is schedule="linear", prediction="eps", residual=False."""
+
+    timesteps: int = 1000  # training timesteps T of the forward process
     schedule: str = "cosine"  # "linear" (original DDPM) or "cosine" (Nichol & Dhariwal)
     beta_start: float = 1e-4  # linear schedule only
     beta_end: float = 0.02  # linear schedule only
@@ -70,6 +71,38 @@ class DiffusionConfig:
             raise ValueError(f"timesteps must be at least 2 (got {self.timesteps})")
         if not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1 (got {self.beta_start}, {self.beta_end})")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample: which sampler, and how many sampling steps (network calls) it takes.
+
+    DDPM always walks all T training timesteps; DDIM takes `steps` of them (DEFAULT_DDIM_STEPS unless told)."""
+
+    name: str = "ddim"  # "ddim" or "ddpm"
+    steps: int | None = None  # sampling steps; None: DEFAULT_DDIM_STEPS for DDIM, all T for DDPM
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
+
+    def validate(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}: choose one of {SAMPLERS}")
+        if self.name == "ddpm" and self.steps is not None:
+            raise ValueError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
+                             "(--sampling_steps is the same flag)")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"sampling steps must be at least 1 (got {self.steps})")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be in [0, 1] (got {self.eta})")
+
+    def calls(self, timesteps: int) -> int:
+        """Network calls per sampled frame for a process with `timesteps` training timesteps."""
+        if self.name == "ddpm":
+            return timesteps
+        return DEFAULT_DDIM_STEPS if self.steps is None else self.steps
+
+    def label(self, timesteps: int) -> str:
+        """E.g. "DDIM-10" or "DDPM-1000"."""
+        return f"{self.name.upper()}-{self.calls(timesteps)}"
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -207,7 +240,7 @@ class Diffusion:
         return [round(self.T - i * self.T / steps) - 1 for i in range(steps)]
 
     @torch.no_grad()
-    def ddim_sample(self, model: Denoiser, cond: torch.Tensor, steps: int = DEFAULT_DDIM_STEPS, eta: float = 0.0,
+    def ddim_sample(self, model: Denoiser, cond: torch.Tensor, steps: int, eta: float = 0.0,
                     generator: torch.Generator | None = None, clip: bool = True, progress: bool = False) -> torch.Tensor:
         """DDIM through `steps` of the T steps (eta=0: deterministic, eta=1: DDPM-like noise)."""
         x = torch.randn(self._shape(model, cond), device=cond.device, generator=generator)
@@ -222,16 +255,13 @@ class Diffusion:
                 x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator)
         return self.to_frame(x, cond)
 
-    def sample(self, model: Denoiser, cond: torch.Tensor, sampler: str = "ddim", steps: int | None = None,
-               eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """Predict future frames for a batch of current frames (B, C, H, W) in [-1, 1]."""
-        if sampler == "ddpm":
-            if steps not in (None, self.T):
-                raise ValueError(f"DDPM runs all {self.T} steps; use --sampler ddim for fewer (asked for {steps})")
+    def sample(self, model: Denoiser, cond: torch.Tensor, sampler: SamplerConfig = SamplerConfig(),
+               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Predict future frames for a batch of current frames (B, C, H, W) in [-1, 1], from pure noise."""
+        sampler.validate()
+        if sampler.name == "ddpm":
             return self.ddpm_sample(model, cond, generator, progress=progress)
-        if sampler == "ddim":
-            return self.ddim_sample(model, cond, steps or DEFAULT_DDIM_STEPS, eta, generator, progress=progress)
-        raise ValueError(f"unknown sampler {sampler!r}: choose ddpm or ddim")
+        return self.ddim_sample(model, cond, sampler.calls(self.T), sampler.eta, generator, progress=progress)
 
     @staticmethod
     def _shape(model: Denoiser, cond: torch.Tensor) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ checkpoint is given or found beside the diffusion one, the deterministic regress
 The JSON layout (stable, for other tools):
 
     {"dataset": str, "split": str, "pairs": int, "k": int, "size": int,
-     "sampler": str, "steps": int,
+     "sampler": str, "sampling_steps": int,           # the diffusion model's sampler, network calls per frame
      "methods": {"diffusion":  {"psnr", "ssim", "psnr_moving", "ssim_moving", "seconds_per_frame"},
                  "copy":       {... same keys ...},
                  "regression": {... same keys ...}},          # when available
@@ -22,36 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.baselines import copy_frame
 from kitchen_lib.datasets import iter_episodes
-from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS
+from kitchen_lib.diffusion import SamplerConfig
 from kitchen_lib.inference import Predictor, load_predictor
 from kitchen_lib.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES, state_from_observation
 from kitchen_lib.metrics import frame_scores, summarise
 from kitchen_lib.pairs import PairsCache
+from kitchen_lib.runs import regression_beside
 
 # A task "moves" in a pair when its joints change by more than this between t and t+k.
 TASK_MOTION = 0.01
-
-
-def regression_beside(checkpoint: str | Path) -> Path | None:
-    """data/checkpoints/cpu/best.pt -> data/checkpoints/cpu-regression/best.pt, if it exists."""
-    p = Path(checkpoint)
-    for name in (p.name, "best.pt", "latest.pt"):
-        candidate = p.parent.with_name(p.parent.name + "-regression") / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def select_pairs(cache: PairsCache, split: str, max_pairs: int | None) -> np.ndarray:
-    """(N, 2) (episode, step) rows of a split ('all': every split), evenly thinned to max_pairs."""
-    splits = ("train", "val", "test") if split == "all" else (split,)
-    rows = np.concatenate([cache.pairs(s) for s in splits])
-    if len(rows) == 0:
-        raise ValueError(f"the {split} split has no pairs")
-    if max_pairs is not None and len(rows) > max_pairs:
-        rows = rows[np.linspace(0, len(rows) - 1, max_pairs).astype(int)]
-    return rows
 
 
 def moving_tasks(cache: PairsCache, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -63,28 +44,24 @@ def moving_tasks(cache: PairsCache, rows: np.ndarray) -> dict[str, np.ndarray]:
         qpos = np.stack([state_from_observation(o)[0] for o in ep.observations])
         for task in COMPLETE_TASKS:
             idx = TASK_QPOS_INDICES[task]
-            steps = rows[sel, 1]
-            delta = np.linalg.norm(qpos[steps + k][:, idx] - qpos[steps][:, idx], axis=1)
+            t = rows[sel, 1]  # env steps
+            delta = np.linalg.norm(qpos[t + k][:, idx] - qpos[t][:, idx], axis=1)
             out[task][sel] = delta > TASK_MOTION
     return out
 
 
-def _frames(cache: PairsCache, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    first = {e["index"]: e["first_frame"] for e in cache.meta["episodes"]}
-    cur_idx = np.array([first[int(e)] + int(t) for e, t in rows])
-    return np.asarray(cache.frames[cur_idx]), np.asarray(cache.frames[cur_idx + cache.meta["config"]["k"]])
-
-
-def _predict_all(p: Predictor, cur: np.ndarray, sampler: str, steps: int | None, seed: int, batch: int) -> tuple[np.ndarray, float]:
+def _predict_all(p: Predictor, cur: np.ndarray, sampler: SamplerConfig, seed: int, batch: int) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
-    out = np.concatenate([p.predict(cur[i : i + batch], sampler, steps, seed=seed + i) for i in range(0, len(cur), batch)])
+    out = np.concatenate([p.predict(cur[i : i + batch], sampler, seed=seed + i) for i in range(0, len(cur), batch)])
     return out, (time.perf_counter() - t0) / len(cur)
 
 
-def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: str = "ddim", steps: int | None = DEFAULT_DDIM_STEPS,
+def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: SamplerConfig | None = None,
              regression: Predictor | None = None, max_pairs: int | None = None, seed: int = 0, batch: int = 64,
              progress: bool = True, details: bool = False) -> dict:
     """Score the model and the baselines on the pairs of a split; returns the documented dict.
+
+    `sampler` defaults to the one the model's run chose.
 
     details=True adds result["details"]: the (episode, step) rows, the frames, each method's
     predictions and per-pair scores (arrays: for notebooks, not for JSON)."""
@@ -95,12 +72,13 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
     if want != have:
         raise ValueError(f"the model was trained on (size, channels, k) = {want} but these pairs are {have}: "
                          f"build pairs with the model's settings")
-    rows = select_pairs(cache, split, max_pairs)
-    cur, fut = _frames(cache, rows)
-    preds = {"copy": (cur, 0.0)}
-    preds["diffusion"] = _predict_all(predictor, cur, sampler, steps, seed, batch)
+    sampler = sampler or predictor.sampler
+    rows = cache.select(split, max_pairs)
+    cur, fut = cache.pair_frames(rows)
+    preds = {"copy": (copy_frame(cur), 0.0)}
+    preds["diffusion"] = _predict_all(predictor, cur, sampler, seed, batch)
     if regression is not None:
-        preds["regression"] = _predict_all(regression, cur, sampler, steps, seed, batch)
+        preds["regression"] = _predict_all(regression, cur, sampler, seed, batch)
     scores = {m: [frame_scores(c, f, p) for c, f, p in tqdm(zip(cur, fut, pr, strict=True), total=len(cur),
                                                               desc=f"score {m}", disable=not progress, leave=False)]
               for m, (pr, _) in preds.items()}
@@ -112,7 +90,7 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
                           "methods": {m: summarise([s[i] for i in sel]) if len(sel) else {} for m, s in scores.items()}}
     result = {
         "dataset": cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
-        "sampler": sampler, "steps": predictor.diffusion.T if sampler == "ddpm" else steps,
+        "sampler": sampler.name, "sampling_steps": predictor.model.network_calls(sampler),
         "methods": methods, "per_task": per_task,
     }
     if details:
@@ -125,7 +103,7 @@ def format_table(result: dict) -> str:
     """The methods as a plain-text table."""
     head = f"{'method':12s} {'PSNR':>7s} {'SSIM':>6s} {'PSNR mov':>9s} {'SSIM mov':>9s} {'s/frame':>8s}"
     lines = [f"{result['dataset']} / {result['split']}: {result['pairs']} pairs, k={result['k']}, {result['size']}px, "
-             f"diffusion sampled with {result['sampler']}-{result['steps']}", head, "-" * len(head)]
+             f"diffusion sampled with {result['sampler']}-{result['sampling_steps']}", head, "-" * len(head)]
     for m, r in result["methods"].items():
         lines.append(f"{m:12s} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['psnr_moving']:9.2f} {r['ssim_moving']:9.3f} "
                      f"{r['seconds_per_frame']:8.3f}")

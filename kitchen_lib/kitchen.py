@@ -13,8 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 OBS_DIM = 59
-ACTION_DIM = 9
-NQ, NV = 30, 29
 
 # The four tasks of D4RL's complete-v2, in the order its demonstrations perform them.
 COMPLETE_TASKS: tuple[str, ...] = ("microwave", "kettle", "light switch", "slide cabinet")

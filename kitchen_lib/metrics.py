@@ -24,6 +24,11 @@ def psnr(truth: np.ndarray, pred: np.ndarray) -> float:
     return float(peak_signal_noise_ratio(truth, pred, data_range=255))
 
 
+def capped_psnr(truth: np.ndarray, pred: np.ndarray, cap: float = PSNR_CAP) -> float:
+    """PSNR in dB, with identical images counted as `cap` rather than infinite."""
+    return min(psnr(truth, pred), cap)
+
+
 def ssim_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Per-pixel SSIM (H, W) of two uint8 (H, W, C) images, averaged over channels."""
     _, full = structural_similarity(truth, pred, data_range=255, channel_axis=-1, full=True, win_size=7)
@@ -42,16 +47,16 @@ def changed_fraction(a: np.ndarray, b: np.ndarray, threshold: float = MOVING_THR
 
 def mean_psnr(truths: np.ndarray, preds: np.ndarray, cap: float = PSNR_CAP) -> float:
     """Mean over images of per-image PSNR; identical pairs count as `cap` dB, not inf."""
-    return float(np.mean([min(psnr(t, p), cap) for t, p in zip(truths, preds, strict=True)]))
+    return float(np.mean([capped_psnr(t, p, cap) for t, p in zip(truths, preds, strict=True)]))
 
 
 def frame_scores(current: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """PSNR and SSIM of one prediction, full frame and on the moving pixels (NaN if none move)."""
     smap = ssim_map(truth, pred)
     mask = moving_mask(current, truth)
-    scores = {"psnr": min(psnr(truth, pred), PSNR_CAP), "ssim": float(smap.mean())}
+    scores = {"psnr": capped_psnr(truth, pred), "ssim": float(smap.mean())}
     if mask.any():
-        scores["psnr_moving"] = min(psnr(truth[mask], pred[mask]), PSNR_CAP)
+        scores["psnr_moving"] = capped_psnr(truth[mask], pred[mask])
         scores["ssim_moving"] = float(smap[mask].mean())
     else:
         scores["psnr_moving"] = scores["ssim_moving"] = float("nan")

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kitchen_lib.datasets import OFFLINE_DATASET_ID, SMOKE_DATASET_ID, episode_lengths, fingerprint, iter_episodes
+from kitchen_lib.datasets import OFFLINE_DATASET_ID, episode_lengths, fingerprint, iter_episodes
+from kitchen_lib.images import to_grayscale, to_tensor
 from kitchen_lib.paths import data_dir
 from kitchen_lib.render import DEFAULT_QUALITY, check_render_args, render_chunks
 
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1
-_RGB_TO_GRAY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma
 
 
 class CacheError(RuntimeError):
@@ -63,14 +63,6 @@ class PairsConfig:
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and leave some episodes to train on")
 
 
-# Presets by name: the course's CPU default and the original project's GPU setting.
-PAIRS_PRESETS: dict[str, PairsConfig] = {
-    "smoke": PairsConfig(dataset=SMOKE_DATASET_ID, size=32),
-    "cpu": PairsConfig(size=64),
-    "seed": PairsConfig(size=128),
-}
-
-
 def split_episodes(n: int, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> dict[str, list[int]]:
     """Assign whole episodes to train/val/test, reproducibly for a seed (never split by pair)."""
     if n < 3:
@@ -90,9 +82,13 @@ def pair_steps(num_steps: int, k: int) -> np.ndarray:
     return np.arange(max(num_steps - k + 1, 0))
 
 
-def to_grayscale(frames: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 -> (..., 1) uint8."""
-    return np.rint(frames.astype(np.float32) @ _RGB_TO_GRAY)[..., None].astype(np.uint8)
+def spread(rows: np.ndarray, n: int | None, what: str = "the selection") -> np.ndarray:
+    """At most n rows, evenly spread over all of them (all rows when n is None)."""
+    if len(rows) == 0:
+        raise ValueError(f"{what} has no pairs")
+    if n is not None and len(rows) > n:
+        rows = rows[np.linspace(0, len(rows) - 1, n).astype(int)]
+    return rows
 
 
 def _cache_key(cfg: PairsConfig, lengths: list[int]) -> dict:
@@ -137,6 +133,17 @@ class PairsCache:
             cur = np.array([first[e] for e in p[:, 0]], dtype=np.int64) + p[:, 1]
             self._index[split] = np.stack([cur, cur + self.meta["config"]["k"]], axis=1)
         return self._index[split]
+
+    def select(self, split: str, max_pairs: int | None = None) -> np.ndarray:
+        """(N, 2) (episode, step) rows of a split ('all': every split), evenly thinned to max_pairs."""
+        splits = SPLITS if split == "all" else (split,)
+        return spread(np.concatenate([self.pairs(s) for s in splits]), max_pairs, f"the {split} split")
+
+    def pair_frames(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N, H, W, C) current and future frames of (episode, step) rows."""
+        first = {e["index"]: e["first_frame"] for e in self.meta["episodes"]}
+        cur = np.array([first[int(e)] + int(t) for e, t in rows], dtype=np.int64)
+        return np.asarray(self.frames[cur]), np.asarray(self.frames[cur + self.meta["config"]["k"]])
 
     def pair(self, split: str, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(current, future) uint8 (H, W, C) frames of pair i of a split."""
@@ -268,18 +275,6 @@ def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -
         "splits": {s: [e["index"] for e in episodes if e["split"] == s] for s in SPLITS},
         "pairs": pairs,
     }
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, C) -> float32 torch tensor (..., C, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.array(frames)).float().div_(127.5).sub_(1.0)  # copy: memmaps are read-only
-    return t.movedim(-1, -3)
-
-
-def to_image(tensor: torch.Tensor) -> np.ndarray:
-    """Inverse of to_tensor: float (..., C, H, W) in [-1, 1] -> uint8 (..., H, W, C)."""
-    x = tensor.detach().float().clamp(-1, 1).add(1).mul(127.5).round().movedim(-3, -1)
-    return x.to("cpu").numpy().astype(np.uint8)
 
 
 class FramePairs(Dataset):

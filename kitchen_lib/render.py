@@ -6,9 +6,8 @@ as `env.render()`. On a CPU (software OpenGL) nearly all the cost is the four li
 shadow passes, each re-drawing the 141k-face scene, hence two qualities:
 
 - "faithful": shadows on, shadow map 1024 (env.render() uses 4096): looks like env.render().
-- "fast": no shadows, no reflections, no multisampling: about 20x cheaper than env.render()
-  on a CPU (measured at 64px: MSAA+reflections+shadows-off 68 ms, all three off 24.5 ms).
-  The course's default; notebook 01 shows both side by side.
+- "fast": no shadows, no reflections, no multisampling: many times cheaper than env.render()
+  on a CPU (bench/render.py measures it). The course's default; notebook 01 shows both side by side.
 """
 
 from __future__ import annotations
@@ -120,11 +119,10 @@ _worker_renderer: KitchenRenderer | None = None
 
 def _init_worker(size: int, quality: str) -> None:
     global _worker_renderer  # one renderer per worker process, made once
-    # Mesa's software rasteriser (llvmpipe) threads over every core by itself. Measured on
-    # 2 cores, 128px: "fast" is bound by per-process geometry work and gains from one thread
-    # per worker (2.6x one process, against 2.0x with llvmpipe's threads); "faithful" is
-    # bound by shadow rasterisation, which one process already spreads over the cores, and
-    # loses (1.0x against 1.4x). A user's own LP_NUM_THREADS wins.
+    # Mesa's software rasteriser (llvmpipe) threads over every core by itself. "fast" is bound
+    # by per-process geometry work and gains from one thread per worker; "faithful" is bound by
+    # shadow rasterisation, which one process already spreads over the cores, and would lose
+    # (bench/render.py). A user's own LP_NUM_THREADS wins.
     if quality == "fast":
         os.environ.setdefault("LP_NUM_THREADS", "1")
     import kitchen_lib  # noqa: F401  (chooses MUJOCO_GL in a fresh process)

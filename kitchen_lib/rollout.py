@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS
+from kitchen_lib.diffusion import SamplerConfig
+from kitchen_lib.images import difference_image
 from kitchen_lib.inference import Predictor
-from kitchen_lib.metrics import PSNR_CAP, psnr
+from kitchen_lib.metrics import capped_psnr
 from kitchen_lib.paths import atomic_path
 
 
@@ -22,12 +23,12 @@ from kitchen_lib.paths import atomic_path
 class Rollout:
     predicted: np.ndarray  # (horizon + 1, H, W, C) uint8; [0] is the true start frame
     truth: np.ndarray  # (horizon + 1, H, W, C) uint8
-    steps: np.ndarray  # (horizon + 1,) env step of each frame
+    env_steps: np.ndarray  # (horizon + 1,) env step of each frame
     psnr: np.ndarray  # (horizon + 1,) dB, capped
 
     def side_by_side(self, pad: int = 2) -> np.ndarray:
         """(horizon + 1, H, 3W + 2 pad, C) frames: truth | prediction | |difference| (x3, brighter)."""
-        diff = np.clip(np.abs(self.truth.astype(np.int16) - self.predicted.astype(np.int16)) * 3, 0, 255).astype(np.uint8)
+        diff = difference_image(self.truth, self.predicted)
         n, h, _, c = self.truth.shape
         sep = np.full((n, h, pad, c), 255, np.uint8)
         return np.concatenate([self.truth, sep, self.predicted, sep, diff], axis=2)
@@ -37,9 +38,11 @@ def max_horizon(num_frames: int, start: int, k: int) -> int:
     return max((num_frames - 1 - start) // k, 0)
 
 
-def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizon: int, sampler: str = "ddim",
-            steps: int | None = DEFAULT_DDIM_STEPS, seed: int = 0) -> Rollout:
-    """Predict `horizon` steps of k frames from episode_frames[start], feeding predictions back."""
+def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizon: int,
+            sampler: SamplerConfig | None = None, seed: int = 0) -> Rollout:
+    """Predict `horizon` jumps of k env steps from episode_frames[start], feeding predictions back.
+
+    `sampler` defaults to the one the model's run chose."""
     k = predictor.k
     limit = max_horizon(len(episode_frames), start, k)
     if not 0 <= start < len(episode_frames):
@@ -49,11 +52,11 @@ def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizo
                          f"has room for 1..{limit} rollout steps of k={k}")
     frames = [episode_frames[start]]
     for i in range(horizon):
-        frames.append(predictor.predict(frames[-1], sampler, steps, seed=seed + i))
+        frames.append(predictor.predict(frames[-1], sampler, seed=seed + i))
     idx = start + k * np.arange(horizon + 1)
     truth = np.asarray(episode_frames[idx])
     pred = np.stack(frames)
-    scores = np.array([min(psnr(t, p), PSNR_CAP) for t, p in zip(truth, pred, strict=True)])
+    scores = np.array([capped_psnr(t, p) for t, p in zip(truth, pred, strict=True)])
     return Rollout(pred, truth, idx, scores)
 
 

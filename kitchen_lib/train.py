@@ -9,12 +9,9 @@ the epoch it was taken.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,136 +19,19 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from kitchen_lib.checkpoint import CheckpointError, config_differences, load_checkpoint, save_checkpoint
-from kitchen_lib.diffusion import Diffusion, DiffusionConfig
-from kitchen_lib.images import image_grid
-from kitchen_lib.pairs import PAIRS_PRESETS, FramePairs, PairsConfig, build_pairs, to_image
-from kitchen_lib.paths import data_dir
-from kitchen_lib.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, channels_last, count_parameters
-
-OBJECTIVES = ("diffusion", "regression")
-
-
-def regression_loss(model, fut: torch.Tensor, cur: torch.Tensor, residual: bool = False) -> torch.Tensor:
-    """The deterministic baseline: predict the future frame in one pass (no noise, t = 0)."""
-    return torch.mean((regression_predict(model, cur, residual).float() - fut) ** 2)
-
-
-def regression_predict(model, cur: torch.Tensor, residual: bool = False) -> torch.Tensor:
-    """One pass of the network; with residual=True its output is the change added to cur."""
-    zeros = torch.zeros_like(cur)
-    out = model(zeros, torch.zeros(cur.shape[0], dtype=torch.long, device=cur.device), cur)
-    return cur + out if residual else out
+from kitchen_lib import runlog
+from kitchen_lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from kitchen_lib.config import RunConfig, build_model, check_resumable, preset, with_overrides
+from kitchen_lib.datasets import ensure_dataset
+from kitchen_lib.device import pick_device
+from kitchen_lib.inference import Predictor, prediction_grid
+from kitchen_lib.pairs import FramePairs, build_pairs
+from kitchen_lib.runs import find_checkpoint, regression_beside, resolve_checkpoint
+from kitchen_lib.unet import channels_last, count_parameters
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoints are kept."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 100  # linear learning-rate warm-up
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    amp: bool = True  # mixed precision, on CUDA only
-    device: str = "auto"  # auto: cuda, then mps, then cpu
-    seed: int = 0
-    num_workers: int = 0  # DataLoader worker processes
-    checkpoint_dir: str | None = None  # default: data/checkpoints/<preset>
-    checkpoint_freq: int = 5  # also keep epoch_NNNN.pt every N epochs
-    save_best: bool = True  # keep best.pt (lowest validation loss)
-    tensorboard_dir: str | None = None  # default: data/tensorboard
-    run_name_prefix: str = "kitchen"
-    log_freq: int = 10  # steps between scalar logs
-    log_images: bool = True
-    log_image_every: int = 200  # steps between sample-prediction images
-    sample_steps: int = 20  # DDIM steps for the logged sample predictions
-    max_minutes: float | None = None  # stop cleanly, with a checkpoint, after this long
-    objective: str = "diffusion"  # or "regression": the same network, MSE straight to the future frame
-
-    def validate(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
-
-
-# What a saved config without these fields meant (they were added later).
-LEGACY_DIFFUSION = {"residual": False, "loss_weighting": "none", "min_snr_gamma": 5.0}
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a run needs, one dataclass per concern."""
-
-    data: PairsConfig = field(default_factory=PairsConfig)
-    model: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    preset: str = "custom"
-
-    def to_dict(self) -> dict:
-        return {"data": asdict(self.data), "model": self.model.to_dict(), "diffusion": asdict(self.diffusion),
-                "train": asdict(self.train), "preset": self.preset}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        # Checkpoints from before an option existed were trained without it, whatever today's default.
-        diffusion = LEGACY_DIFFUSION | d["diffusion"]
-        return cls(data=PairsConfig(**d["data"]), model=UNetConfig.from_dict(d["model"]),
-                   diffusion=DiffusionConfig(**diffusion), train=TrainConfig(**d["train"]), preset=d.get("preset", "custom"))
-
-    def checkpoint_dir(self) -> Path:
-        if self.train.checkpoint_dir:
-            return Path(self.train.checkpoint_dir)
-        suffix = "" if self.train.objective == "diffusion" else f"-{self.train.objective}"
-        return data_dir() / "checkpoints" / f"{self.preset}{suffix}"
-
-
-RUN_PRESETS: dict[str, RunConfig] = {
-    # Trains in seconds: for tests and the notebooks' smoke mode.
-    "smoke": RunConfig(PAIRS_PRESETS["smoke"], UNET_PRESETS["smoke"], DiffusionConfig(),
-                       TrainConfig(epochs=2, batch_size=8, learning_rate=5e-4, warmup_steps=5, ema_decay=0.9,
-                                   checkpoint_freq=1, log_freq=2, log_image_every=10, sample_steps=5), "smoke"),
-    # The course default on a 2-core laptop: 64x64, about 20 minutes.
-    "cpu": RunConfig(PAIRS_PRESETS["cpu"], UNET_PRESETS["cpu"], DiffusionConfig(),
-                     TrainConfig(epochs=100, batch_size=32, learning_rate=3e-4, warmup_steps=100, ema_decay=0.995,
-                                 checkpoint_freq=1, log_freq=20, log_image_every=300, max_minutes=20), "cpu"),
-    # The original project's 128x128 setup, for a GPU.
-    "seed": RunConfig(PAIRS_PRESETS["seed"], UNET_PRESETS["seed"], DiffusionConfig(),
-                      TrainConfig(epochs=100, batch_size=16, learning_rate=1e-4, ema_decay=0.999, checkpoint_freq=5,
-                                  log_freq=20, log_image_every=1000), "seed"),
-}
-
-# Fields a resumed run may change; any other difference means a different run.
-RESUMABLE_CHANGES = {"epochs", "max_minutes", "num_workers", "device", "log_freq", "log_images", "log_image_every",
-                     "checkpoint_freq", "tensorboard_dir", "checkpoint_dir", "amp", "sample_steps"}
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def build_model(cfg: RunConfig) -> ConditionalUNet:
-    if cfg.model.image_size != cfg.data.size or cfg.model.image_channels != cfg.data.channels:
-        raise ValueError(f"the model expects {cfg.model.image_channels}x{cfg.model.image_size}px frames but the data is "
-                         f"{cfg.data.channels}x{cfg.data.size}px: set --img_resolution / --grayscale consistently")
-    return ConditionalUNet(cfg.model)
-
-
-def resolve_checkpoint(cfg: RunConfig, which: str) -> Path:
-    """'latest', 'best' or a path -> the checkpoint file."""
-    if which in ("latest", "best"):
-        return cfg.checkpoint_dir() / f"{which}.pt"
-    return Path(which)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -164,7 +44,7 @@ class TrainResult:
     checkpoint_dir: Path
     tensorboard_dir: Path
     epochs_done: int
-    steps: int
+    optimizer_steps: int
     final_val_loss: float
     best_val_loss: float
     seconds: float
@@ -178,107 +58,74 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False) -> None:
         self.cfg, self.progress = cfg, progress
-        t = cfg.train
-        t.validate()
-        self.device = pick_device(t.device)
+        tc = cfg.train
+        cfg.validate()  # before any work
+        self.device = pick_device(tc.device)
         self.ckpt_dir = cfg.checkpoint_dir()
         state = None
         if resume:
-            state = self._load_for_resume(resolve_checkpoint(cfg, resume))
+            path = resolve_checkpoint(self.ckpt_dir, resume)
+            state = load_checkpoint(path)
+            check_resumable(path, state["config"], cfg)
         elif (self.ckpt_dir / "latest.pt").exists():
             raise CheckpointError(
                 f"{self.ckpt_dir} already holds a run (latest.pt); resume it with --resume_from_checkpoint latest, "
                 f"or choose another --checkpoint_dir. Nothing was overwritten.")
 
-        self.cache = build_pairs(cfg.data, force=force_rebuild, progress=progress)
+        self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild, progress=progress)
         self.train_set, self.val_set = FramePairs(self.cache, "train"), FramePairs(self.cache, "val")
-        if len(self.train_set) < t.batch_size:
-            raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {t.batch_size}")
+        if len(self.train_set) < tc.batch_size:
+            raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.batch_size}")
 
-        torch.manual_seed(t.seed)
-        self.diffusion = Diffusion(cfg.diffusion)
-        self.model = channels_last(build_model(cfg).to(self.device))
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, t.warmup_steps)))
-        self.use_amp = t.amp and self.device.type == "cuda"
+        torch.manual_seed(tc.seed)
+        self.model = build_model(cfg)
+        self.model.net = channels_last(self.model.net.to(self.device))
+        self.ema = AveragedModel(self.model.net, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+        self.ema_model = self.model.with_net(self.ema.module)
+        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
+        self.use_amp = tc.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.noise_gen = torch.Generator(device=self.device).manual_seed(t.seed + 1)
-        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.best_val = math.inf
-        self.last_val = math.nan
-        self.tb_dir = Path(t.tensorboard_dir or data_dir() / "tensorboard") / f"{t.run_name_prefix}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}"
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        self.epoch, self.batch_in_epoch, self.opt_step = 0, 0, 0
+        self.best_val, self.last_val = math.inf, math.nan
+        tb_root = Path(tc.tensorboard_dir) if tc.tensorboard_dir else cfg.root() / "tensorboard"
+        self.tb_dir = tb_root / f"{tc.run_name_prefix}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}"
         if state is not None:
             self._restore(state)
-        self.batches_per_epoch = len(self.train_set) // t.batch_size
+        self.batches_per_epoch = len(self.train_set) // tc.batch_size
 
     # --- checkpoints -------------------------------------------------------------------
 
-    def _load_for_resume(self, path: Path) -> dict:
-        state = load_checkpoint(path)
-        saved = state["config"]
-        now = self.cfg.to_dict()
-        arch = config_differences(saved["model"], now["model"], "model.") + config_differences(saved["diffusion"], now["diffusion"], "diffusion.")
-        if arch:
-            raise CheckpointError(f"{path} was trained with a different architecture; differing fields:\n  " + "\n  ".join(arch)
-                                  + "\nUse the same model flags (or --preset) as that run, or start a new run in another --checkpoint_dir.")
-        other = config_differences(saved["data"], now["data"], "data.") + [
-            d for d in config_differences(saved["train"], now["train"], "train.") if d.split(":")[0].split(".")[1] not in RESUMABLE_CHANGES]
-        if other:
-            raise CheckpointError(f"{path} belongs to a run with other settings; resuming would not continue it:\n  "
-                                  + "\n  ".join(other))
-        return state
-
     def _state(self) -> dict:
         return {
-            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+            "model": self.model.net.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.opt_step,
             "best_val_loss": self.best_val, "last_val_loss": self.last_val,
             "rng": {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "config": self.cfg.to_dict(), "tensorboard_dir": str(self.tb_dir), "parameters": count_parameters(self.model),
+            "config": self.cfg.to_dict(), "tensorboard_dir": str(self.tb_dir),
+            "parameters": count_parameters(self.model.net),
         }
 
     def _restore(self, s: dict) -> None:
-        self.model.load_state_dict(s["model"])
+        self.model.net.load_state_dict(s["model"])
         self.ema.load_state_dict(s["ema"])
         self.opt.load_state_dict(s["optimizer"])
         self.sched.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
-        self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
+        self.epoch, self.batch_in_epoch, self.opt_step = s["epoch"], s["batch_in_epoch"], s["step"]
         self.best_val, self.last_val = s["best_val_loss"], s["last_val_loss"]
         torch.set_rng_state(s["rng"]["torch"])
         self.noise_gen.set_state(s["rng"]["noise"].cpu())  # generator states are CPU byte tensors
         if s["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["rng"]["cuda"])
         self.tb_dir = Path(s["tensorboard_dir"])
-        self._truncate_metrics(self.step)
+        runlog.truncate_metrics(self.ckpt_dir, self.opt_step)
 
     def _save(self, name: str) -> Path:
         return save_checkpoint(self._state(), self.ckpt_dir / name)
-
-    # --- metrics log (one JSON object per line; rewritten on resume) ------------------------
-
-    def _log(self, **row) -> None:
-        with open(self.ckpt_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    def _truncate_metrics(self, step: int) -> None:
-        path = self.ckpt_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill: drop it
-                continue
-            if row.get("step", 0) <= step:
-                keep.append(line)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, path)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -291,69 +138,49 @@ class Trainer:
             if i >= start:
                 yield i, batch
 
-    def _loss(self, net, fut: torch.Tensor, cur: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if self.cfg.train.objective == "regression":
-            return regression_loss(net, fut, cur, self.cfg.diffusion.residual)
-        return self.diffusion.training_loss(net, fut, cur, generator=generator)
-
     @torch.no_grad()
     def validate(self) -> float:
         """Mean loss of the EMA weights on the validation episodes, with fixed noise."""
-        net = self.ema.module.eval()
+        self.ema_model.eval()
         g = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 12345)
         loader = torch.utils.data.DataLoader(self.val_set, batch_size=max(self.cfg.train.batch_size, 32))
         total, n = 0.0, 0
         for cur, fut in loader:
             cur, fut = cur.to(self.device), fut.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                loss = self._loss(net, fut, cur, g)
+                loss = self.ema_model.loss(cur, fut, g)
             total += float(loss) * len(cur)
             n += len(cur)
         return total / max(n, 1)
 
-    @torch.no_grad()
     def sample_grid(self, n: int = 4) -> np.ndarray:
-        """Rows of current | predicted (DDIM) | actual for fixed validation pairs, uint8."""
-        idx = np.linspace(0, len(self.val_set) - 1, n).astype(int)
-        cur = torch.stack([self.val_set[i][0] for i in idx]).to(self.device)
-        fut = torch.stack([self.val_set[i][1] for i in idx])
-        g = torch.Generator(device=self.device).manual_seed(0)
-        if self.cfg.train.objective == "regression":
-            pred = regression_predict(self.ema.module.eval(), cur, self.cfg.diffusion.residual).clamp(-1, 1)
-        else:
-            pred = self.diffusion.ddim_sample(self.ema.module.eval(), cur, steps=self.cfg.train.sample_steps, generator=g)
-        imgs = [to_image(x) for x in (cur, pred, fut)]
-        return image_grid([[imgs[0][i], imgs[1][i], imgs[2][i]] for i in range(n)])
+        """Rows of current | predicted (the run's sampler, EMA weights) | actual for fixed validation pairs."""
+        was_training = self.model.training
+        grid = prediction_grid(Predictor(self.ema_model.eval(), self.cfg, self.device), self.cache, "val", n)
+        self.model.train(was_training)
+        return grid
 
     def fit(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
 
-        t = self.cfg.train
+        tc = self.cfg.train
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        fresh = self.step == 0
-        writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.step + 1)
+        fresh = self.opt_step == 0
+        writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
         if fresh:
-            self._add_graph(writer)
+            runlog.add_graph(writer, self.model.net, self.cfg.data.size, self.cfg.data.channels, self.device)
         t0, samples, stopped_early = time.time(), 0, False
-        deadline = t0 + 60 * t.max_minutes if t.max_minutes else math.inf
-        bar = tqdm(total=t.epochs * self.batches_per_epoch, initial=self.epoch * self.batches_per_epoch + self.batch_in_epoch,
+        deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
+        bar = tqdm(total=tc.epochs * self.batches_per_epoch, initial=self.epoch * self.batches_per_epoch + self.batch_in_epoch,
                    desc=f"train {self.cfg.preset}", unit="step", disable=not self.progress)
         try:
-            while self.epoch < t.epochs and not stopped_early:
+            while self.epoch < tc.epochs and not stopped_early:
                 self.model.train()
                 for i, (cur, fut) in self._batches(self.epoch, self.batch_in_epoch):
                     loss, gnorm = self._train_step(cur.to(self.device), fut.to(self.device))
-                    self.step += 1
                     self.batch_in_epoch = i + 1
                     samples += len(cur)
-                    self._log(step=self.step, epoch=self.epoch, loss=loss, lr=self.sched.get_last_lr()[0], grad_norm=gnorm)
-                    if self.step % t.log_freq == 0:
-                        writer.add_scalar("loss/train", loss, self.step)
-                        writer.add_scalar("lr", self.sched.get_last_lr()[0], self.step)
-                        writer.add_scalar("grad_norm", gnorm, self.step)
-                    if t.log_images and self.step % t.log_image_every == 0:
-                        writer.add_image("samples/current|predicted|actual", self.sample_grid(), self.step, dataformats="HWC")
-                        self.model.train()
+                    self._log_step(loss, gnorm, writer)
                     bar.update()
                     bar.set_postfix(loss=f"{loss:.4f}", epoch=self.epoch)
                     if time.time() > deadline:
@@ -361,72 +188,84 @@ class Trainer:
                         break
                 if stopped_early:
                     self._save("latest.pt")
-                    bar.write(f"stopped after {t.max_minutes:.1f} minutes at epoch {self.epoch}, step {self.step}; "
-                              f"resume with --resume_from_checkpoint latest")
+                    bar.write(f"stopped after {tc.max_minutes:.1f} minutes at epoch {self.epoch}, optimizer step "
+                              f"{self.opt_step}; resume with --resume_from_checkpoint latest")
                     break
                 self._end_epoch(writer, bar)
         finally:
             bar.close()
-        writer.add_hparams({k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in self._hparams().items()},
-                           {"hparam/final_val_loss": self.last_val, "hparam/best_val_loss": self.best_val}, run_name=".")
+        runlog.add_hparams(writer, self.cfg.to_dict(), self.last_val, self.best_val)
         writer.close()
         seconds = time.time() - t0
-        return TrainResult(self.ckpt_dir, self.tb_dir, self.epoch, self.step, self.last_val, self.best_val, seconds,
-                           samples / max(seconds, 1e-9), stopped_early, count_parameters(self.model))
+        return TrainResult(self.ckpt_dir, self.tb_dir, self.epoch, self.opt_step, self.last_val, self.best_val, seconds,
+                           samples / max(seconds, 1e-9), stopped_early, count_parameters(self.model.net))
 
     def _train_step(self, cur: torch.Tensor, fut: torch.Tensor) -> tuple[float, float]:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            loss = self._loss(self.model, fut, cur, self.noise_gen)
+            loss = self.model.loss(cur, fut, self.noise_gen)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"loss became {float(loss)} at step {self.step + 1} (epoch {self.epoch}); stopped without saving. "
-                f"The last good checkpoints in {self.ckpt_dir} are intact: lower --learning_rate and resume from one.")
+                f"loss became {float(loss)} at optimizer step {self.opt_step + 1} (epoch {self.epoch}); stopped without "
+                f"saving. The last good checkpoints in {self.ckpt_dir} are intact: lower --learning_rate and resume from one.")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip))
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), self.cfg.train.grad_clip))
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
-        self.ema.update_parameters(self.model)
+        self.ema.update_parameters(self.model.net)
+        self.opt_step += 1
         return loss.item(), gnorm
 
+    def _log_step(self, loss: float, gnorm: float, writer) -> None:
+        tc, lr = self.cfg.train, self.sched.get_last_lr()[0]
+        runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, loss=loss, lr=lr, grad_norm=gnorm)
+        if self.opt_step % tc.log_freq == 0:
+            for tag, value in (("loss/train", loss), ("lr", lr), ("grad_norm", gnorm)):
+                writer.add_scalar(tag, value, self.opt_step)
+        if tc.log_images and self.opt_step % tc.log_image_every == 0:
+            writer.add_image("samples/current|predicted|actual", self.sample_grid(), self.opt_step, dataformats="HWC")
+
     def _end_epoch(self, writer, bar) -> None:
-        t = self.cfg.train
+        tc = self.cfg.train
         self.last_val = self.validate()
-        writer.add_scalar("loss/val", self.last_val, self.step)
-        self._log(step=self.step, epoch=self.epoch, val_loss=self.last_val)
+        writer.add_scalar("loss/val", self.last_val, self.opt_step)
+        runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, val_loss=self.last_val)
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         improved = self.last_val < self.best_val
         if improved:
             self.best_val = self.last_val
-        if improved and t.save_best:
+        if improved and tc.save_best:
             self._save("best.pt")
-        if self.epoch % t.checkpoint_freq == 0:
+        if self.epoch % tc.checkpoint_freq == 0:
             self._save(f"epoch_{self.epoch:04d}.pt")
         self._save("latest.pt")
-        bar.write(f"epoch {self.epoch}/{t.epochs}: val loss {self.last_val:.5f}" + (" (best)" if improved else ""))
-
-    def _add_graph(self, writer) -> None:
-        m = self.cfg.model
-        x = torch.zeros(1, m.image_channels, m.image_size, m.image_size, device=self.device)
-        was_training = self.model.training
-        self.model.eval()
-        with warnings.catch_warnings():  # tracing warns about the input-shape check; harmless
-            warnings.simplefilter("ignore")
-            writer.add_graph(self.model, (x, torch.zeros(1, dtype=torch.long, device=self.device), x))
-        self.model.train(was_training)
-
-    def _hparams(self) -> dict:
-        d = self.cfg.to_dict()
-        return {f"{k}.{kk}": vv for k in ("data", "model", "diffusion", "train") for kk, vv in d[k].items()}
+        bar.write(f"epoch {self.epoch}/{tc.epochs}: val loss {self.last_val:.5f}" + (" (best)" if improved else ""))
 
 
 def train(cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False) -> TrainResult:
     return Trainer(cfg, resume=resume, progress=progress, force_rebuild=force_rebuild).fit()
 
 
-def with_overrides(cfg: RunConfig, **groups: dict) -> RunConfig:
-    """A copy of cfg with fields replaced per concern, e.g. with_overrides(cfg, train={"epochs": 3})."""
-    parts = {k: replace(getattr(cfg, k), **v) for k, v in groups.items() if v}
-    return replace(cfg, **parts)
+def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = ("diffusion",),
+                   checkpoint: str | Path | None = None) -> Path:
+    """The model a notebook shows: `checkpoint` if given, else the newest run of the preset.
+
+    In smoke mode a missing model is trained on the spot (seconds), with a regression twin if
+    asked for; otherwise a missing model is an error that says how to train one."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    found = find_checkpoint(preset_name)
+    if found is not None and all(o == "diffusion" or regression_beside(found) for o in objectives):
+        return found
+    if not smoke:
+        raise FileNotFoundError(f"no trained model yet: run notebook 05 or `python -m kitchen_lib train --preset {preset_name}`")
+    cfg = preset(preset_name)
+    ensure_dataset(cfg.data.dataset, cfg.generate, progress=False)
+    run = cfg.root() / "checkpoints" / f"notebook-{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for objective in objectives:
+        folder = run if objective == "diffusion" else run.with_name(f"{run.name}-{objective}")
+        train(with_overrides(cfg, train={"checkpoint_dir": str(folder), "objective": objective, "log_images": False}),
+              progress=False)
+    return run / "best.pt"

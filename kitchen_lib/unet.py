@@ -5,7 +5,7 @@ channels for RGB, 2 for grayscale): the network sees both at every pixel from th
 which is all a same-viewpoint prediction needs.
 
     input  (B, 2C, H, W) --conv--> base channels
-    down   per level: res blocks (+ attention at chosen resolutions), then halve H, W
+    down   per level: res blocks (+ attention at chosen levels), then halve H, W
     middle res block, attention, res block at the lowest resolution
     up     per level: res blocks on [features, skip] (+ attention), then double H, W
     output GroupNorm, SiLU, conv -> (B, C, H, W)
@@ -25,14 +25,15 @@ from torch import nn
 
 @dataclass(frozen=True)
 class UNetConfig:
-    image_size: int = 128
-    image_channels: int = 3  # 3 for RGB, 1 for grayscale; the input has twice as many
+    """The architecture. Frame size and channels are not part of it: they come from the data
+    (`ConditionalUNet(cfg, image_size, image_channels)`), so they are never set twice."""
+
     base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 3)
+    channel_mults: tuple[int, ...] = (1, 1, 2, 3)  # one level each; every level but the last halves H, W
     num_res_blocks: int = 1
-    attention_resolutions: tuple[int, ...] = (32,)  # in pixels, e.g. 32 for 128px input
+    attention_levels: tuple[int, ...] = ()  # levels (0: full resolution) with attention; the middle always has it
     time_emb_dim: int = 128
-    time_mlp_dim: int = 512
+    time_mlp_dim: int = 256
     dropout: float = 0.1
     groups: int = 8  # GroupNorm groups
     heads: int = 4  # attention heads
@@ -40,38 +41,44 @@ class UNetConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["channel_mults"], d["attention_resolutions"] = list(self.channel_mults), list(self.attention_resolutions)
+        d["channel_mults"], d["attention_levels"] = list(self.channel_mults), list(self.attention_levels)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
+        """Also reads configs saved before size and channels moved to the data config, when
+        attention was given in pixels (`attention_resolutions`) rather than levels."""
         d = {"zero_init": False} | d  # saved before the option existed: initialised the default way
-        d["channel_mults"], d["attention_resolutions"] = tuple(d["channel_mults"]), tuple(d["attention_resolutions"])
+        if "attention_resolutions" in d:
+            size = d.pop("image_size")
+            d.pop("image_channels", None)
+            d["attention_levels"] = [round(math.log2(size / r)) for r in d.pop("attention_resolutions")]
+        d["channel_mults"], d["attention_levels"] = tuple(d["channel_mults"]), tuple(d["attention_levels"])
         return cls(**d)
 
-    def resolutions(self) -> list[int]:
+    def resolutions(self, image_size: int) -> list[int]:
         """The feature-map sizes of the levels, top to bottom."""
-        return [self.image_size // 2**i for i in range(len(self.channel_mults))]
+        return [image_size // 2**i for i in range(len(self.channel_mults))]
 
-    def validate(self) -> None:
+    def validate(self, image_size: int | None = None) -> None:
         levels = len(self.channel_mults)
         problems = []
         if levels < 1 or any(m < 1 for m in self.channel_mults):
             problems.append(f"channel_mults must be positive whole numbers (got {self.channel_mults})")
-        elif self.image_size % 2 ** (levels - 1):
-            problems.append(f"image_size {self.image_size} is not divisible by 2^{levels - 1} = {2 ** (levels - 1)}, "
+        elif image_size is not None and (image_size < 1 or image_size % 2 ** (levels - 1)):
+            problems.append(f"image_size {image_size} is not divisible by 2^{levels - 1} = {2 ** (levels - 1)}, "
                             f"which {levels} levels of down-sampling need: use a size like "
-                            f"{2 ** (levels - 1) * max(1, round(self.image_size / 2 ** (levels - 1)))} or fewer channel_mults")
-        else:
-            bad = [r for r in self.attention_resolutions if r not in self.resolutions()]
-            if bad:
-                problems.append(f"attention at {bad}px never occurs: the feature maps are {self.resolutions()}px")
+                            f"{2 ** (levels - 1) * max(1, round(image_size / 2 ** (levels - 1)))} or fewer channel_mults")
+        bad = [lv for lv in self.attention_levels if not 0 <= lv < levels]
+        if bad:
+            problems.append(f"attention at levels {bad} never occurs: there are levels 0..{levels - 1}")
         chans = [self.base_channels * m for m in self.channel_mults] + [self.base_channels]
         bad_groups = sorted({c for c in chans if c % self.groups})
         if bad_groups:
             problems.append(f"GroupNorm groups={self.groups} do not divide channel counts {bad_groups}: "
                             f"choose base_channels and channel_mults so every level is a multiple of {self.groups}")
-        bad_heads = sorted({c for c, r in zip(chans, self.resolutions(), strict=False) if r in self.attention_resolutions and c % self.heads})
+        attended = [chans[-2]] + [chans[lv] for lv in self.attention_levels if 0 <= lv < levels]  # the middle, then levels
+        bad_heads = sorted({c for c in attended if c % self.heads})
         if bad_heads:
             problems.append(f"attention heads={self.heads} do not divide channel counts {bad_heads}")
         if self.time_emb_dim % 2:
@@ -136,18 +143,19 @@ class Level(nn.Module):
 
 
 class ConditionalUNet(nn.Module):
-    def __init__(self, cfg: UNetConfig | None = None) -> None:
+    """(noisy future frame, t, current frame) -> prediction, all (B, C, H, W) but t (B,)."""
+
+    def __init__(self, cfg: UNetConfig | None = None, image_size: int = 64, image_channels: int = 3) -> None:
         super().__init__()
         cfg = cfg or UNetConfig()
-        cfg.validate()
-        self.cfg = cfg
-        self.out_channels = cfg.image_channels
+        cfg.validate(image_size)
+        self.cfg, self.image_size, self.image_channels = cfg, image_size, image_channels
+        self.out_channels = image_channels
         emb_dim = cfg.time_mlp_dim
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.inp = nn.Conv2d(2 * cfg.image_channels, cfg.base_channels, 3, padding=1)
+        self.inp = nn.Conv2d(2 * image_channels, cfg.base_channels, 3, padding=1)
 
         chans = [cfg.base_channels * m for m in cfg.channel_mults]
-        res = cfg.resolutions()
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         skips, c = [cfg.base_channels], cfg.base_channels
         for i, co in enumerate(chans):
@@ -156,7 +164,7 @@ class ConditionalUNet(nn.Module):
                 pairs.append((c, co))
                 c = co
                 skips.append(c)
-            self.down.append(Level(pairs, emb_dim, cfg, res[i] in cfg.attention_resolutions))
+            self.down.append(Level(pairs, emb_dim, cfg, i in cfg.attention_levels))
             last = i == len(chans) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
             if not last:
@@ -172,10 +180,10 @@ class ConditionalUNet(nn.Module):
             for _ in range(cfg.num_res_blocks + 1):
                 pairs.append((c + skips.pop(), co))
                 c = co
-            self.up.append(Level(pairs, emb_dim, cfg, res[i] in cfg.attention_resolutions))
+            self.up.append(Level(pairs, emb_dim, cfg, i in cfg.attention_levels))
             self.upsample.append(nn.Identity() if i == 0 else nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                                                              nn.Conv2d(c, c, 3, padding=1)))
-        self.out = nn.Sequential(nn.GroupNorm(cfg.groups, c), nn.SiLU(), nn.Conv2d(c, cfg.image_channels, 3, padding=1))
+        self.out = nn.Sequential(nn.GroupNorm(cfg.groups, c), nn.SiLU(), nn.Conv2d(c, image_channels, 3, padding=1))
         if cfg.zero_init:
             self._zero_init()
 
@@ -190,8 +198,8 @@ class ConditionalUNet(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x_t, cond: (B, C, H, W); t: (B,) integer steps -> (B, C, H, W)."""
-        if x_t.shape != cond.shape or x_t.shape[1:] != (self.cfg.image_channels, self.cfg.image_size, self.cfg.image_size):
-            want = (self.cfg.image_channels, self.cfg.image_size, self.cfg.image_size)
+        want = (self.image_channels, self.image_size, self.image_size)
+        if x_t.shape != cond.shape or x_t.shape[1:] != want:
             raise ValueError(f"expected noisy and current frames shaped (B, {', '.join(map(str, want))}); "
                              f"got {tuple(x_t.shape)} and {tuple(cond.shape)}")
         emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.time_emb_dim))
@@ -216,24 +224,11 @@ class ConditionalUNet(nn.Module):
 
 
 def channels_last(model: nn.Module) -> nn.Module:
-    """Store the weights pixel-major (NHWC). Convolutions and GroupNorm run faster so on CPU
-    (bench/speed.py: 1.2x at 64px, 1.5x at 128px here) and with tensor cores on GPU; the maths is unchanged."""
+    """Store the weights pixel-major (NHWC): convolutions and GroupNorm run faster so on CPU
+    (bench/speed.py measures it) and with tensor cores on GPU; the maths is unchanged."""
     return model.to(memory_format=torch.channels_last)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-# Named architectures. "seed" is the original project's; "cpu" is the course default.
-UNET_PRESETS: dict[str, UNetConfig] = {
-    "smoke": UNetConfig(image_size=32, base_channels=16, channel_mults=(1, 2), attention_resolutions=(16,),
-                        time_emb_dim=32, time_mlp_dim=64, dropout=0.0),
-    # Four levels (64, 32, 16, 8 px) with attention in the 8px middle: the 64px level, where
-    # convolutions cost most, stays narrow. 1.8x the training throughput of (1, 2, 3) with
-    # attention at 16px, at the same parameter count (issue 5).
-    "cpu": UNetConfig(image_size=64, base_channels=32, channel_mults=(1, 1, 2, 3), attention_resolutions=(),
-                      time_emb_dim=128, time_mlp_dim=256, dropout=0.1),
-    "seed": UNetConfig(image_size=128, base_channels=32, channel_mults=(1, 2, 3), attention_resolutions=(32,),
-                       time_emb_dim=128, time_mlp_dim=512, dropout=0.1),
-}

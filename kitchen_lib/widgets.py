@@ -6,24 +6,15 @@ headless and in tests: setting `.value` on the slider runs the same callbacks as
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 
 import ipywidgets as widgets
 import numpy as np
-from PIL import Image
 
-from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS
-
-
-def png_bytes(frame: np.ndarray, scale: int = 1) -> bytes:
-    """uint8 (H, W, C) frame -> PNG bytes, enlarged `scale` times with sharp pixels."""
-    img = Image.fromarray(frame.squeeze(-1) if frame.shape[-1] == 1 else frame)
-    if scale != 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+from kitchen_lib.baselines import copy_frame
+from kitchen_lib.diffusion import SAMPLERS, SamplerConfig
+from kitchen_lib.images import difference_image, png_bytes
+from kitchen_lib.metrics import capped_psnr
 
 
 class FramePlayer(widgets.VBox):
@@ -62,11 +53,9 @@ class PredictionDemo(widgets.VBox):
     button runs a short autoregressive rollout and shows it as an animation.
     """
 
-    def __init__(self, predictor, cache, sampler: str = "ddim", steps: int = DEFAULT_DDIM_STEPS, scale: int = 3,
+    def __init__(self, predictor, cache, sampler: SamplerConfig | None = None, scale: int = 3,
                  rollout_horizon: int = 8) -> None:
-        from kitchen_lib.metrics import PSNR_CAP, psnr
-
-        self._psnr = lambda a, b: min(psnr(a, b), PSNR_CAP)
+        sampler = sampler or predictor.sampler  # the run's default unless told
         self.predictor, self.cache, self._scale, self.rollout_horizon = predictor, cache, scale, rollout_horizon
         self.k = predictor.k
         eps = cache.meta["episodes"]
@@ -76,8 +65,10 @@ class PredictionDemo(widgets.VBox):
         self.play = widgets.Play(min=0, max=1, interval=800, description="play")
         self.slider = widgets.IntSlider(min=0, max=1, description="step", continuous_update=False)
         widgets.link((self.play, "value"), (self.slider, "value"))
-        self.sampler = widgets.ToggleButtons(options=["ddim", "ddpm"], value=sampler, description="sampler")
-        self.steps = widgets.IntSlider(min=1, max=200, value=steps, description="DDIM steps", continuous_update=False)
+        self.sampler = widgets.ToggleButtons(options=list(SAMPLERS), value=sampler.name, description="sampler")
+        ddim_steps = SamplerConfig("ddim", sampler.steps).calls(predictor.model.diffusion.T)
+        self.steps = widgets.IntSlider(min=1, max=200, value=ddim_steps, description="DDIM steps", continuous_update=False)
+        self._eta = sampler.eta
         titles = ["current", f"predicted (+{self.k})", f"actual (+{self.k})", "|predicted - actual|"]
         self.images = [widgets.Image(format="png") for _ in titles]
         panels = [widgets.VBox([widgets.Label(t), img]) for t, img in zip(titles, self.images, strict=True)]
@@ -108,8 +99,11 @@ class PredictionDemo(widgets.VBox):
             self.slider.value = min(self.slider.value, last)
         self._refresh()
 
-    def _ddim_steps(self) -> int | None:
-        return None if self.sampler.value == "ddpm" else self.steps.value  # DDPM always runs all T steps
+    def sampler_config(self) -> SamplerConfig:
+        """What the controls ask for; DDPM always runs all its training timesteps."""
+        if self.sampler.value == "ddpm":
+            return SamplerConfig("ddpm")
+        return SamplerConfig("ddim", self.steps.value, self._eta)
 
     def _refresh(self, change: dict | None = None) -> None:
         import time
@@ -118,14 +112,15 @@ class PredictionDemo(widgets.VBox):
         frames, t = self._frames(), self.slider.value
         current, actual = frames[t], frames[t + self.k]
         t0 = time.perf_counter()
-        pred = self.predictor.predict(current, self.sampler.value, self._ddim_steps(), seed=t)
+        sampler = self.sampler_config()
+        pred = self.predictor.predict(current, sampler, seed=t)
         seconds = time.perf_counter() - t0
-        diff = np.clip(np.abs(pred.astype(np.int16) - actual.astype(np.int16)) * 3, 0, 255).astype(np.uint8)
-        for img, frame in zip(self.images, (current, pred, actual, diff), strict=True):
+        for img, frame in zip(self.images, (current, pred, actual, difference_image(pred, actual)), strict=True):
             img.value = png_bytes(frame, self._scale)
-        self.last = {"step": t, "seconds": seconds, "psnr": self._psnr(actual, pred), "copy_psnr": self._psnr(actual, current)}
-        n = self.predictor.diffusion.T if self.sampler.value == "ddpm" else self.steps.value
-        self.info.value = (f"step {t}: predicted in {seconds:.2f} s ({self.sampler.value}, {n} network passes); "
+        self.last = {"step": t, "seconds": seconds, "psnr": capped_psnr(actual, pred),
+                     "copy_psnr": capped_psnr(actual, copy_frame(current))}
+        n = self.predictor.model.network_calls(sampler)
+        self.info.value = (f"step {t}: predicted in {seconds:.2f} s ({sampler.name}, {n} network passes); "
                            f"PSNR {self.last['psnr']:.2f} dB (copying the current frame: {self.last['copy_psnr']:.2f} dB)")
 
     def run_rollout(self, button=None) -> None:
@@ -138,9 +133,8 @@ class PredictionDemo(widgets.VBox):
         if horizon < 1:
             self.rollout_info.value = "too close to the episode's end for a rollout: move the slider back"
             return
-        r = rollout(self.predictor, frames, t, horizon, self.sampler.value, self._ddim_steps(), seed=t)
+        r = rollout(self.predictor, frames, t, horizon, self.sampler_config(), seed=t)
         big = np.repeat(np.repeat(r.side_by_side(), self._scale, 1), self._scale, 2)
         self.rollout_view.value = iio.imwrite("<bytes>", big, extension=".gif", duration=500, loop=0)
-        self.rollout_frames = len(big)
         self.rollout_info.value = (f"truth | prediction | difference, {horizon} steps of k={self.k} from step {t}; "
                                    f"PSNR per step: {' '.join(f'{p:.1f}' for p in r.psnr[1:])}")

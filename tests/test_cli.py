@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -23,3 +24,46 @@ def test_cli_argument_errors_come_before_loading(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "kitchen_lib", "evaluate", "--checkpoint", str(tmp_path / "x.pt")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
+
+
+def _parse(*argv):
+    from kitchen_lib.cli import build_parser
+    from kitchen_lib.flags import config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def test_train_flags_are_generated_from_every_config_field():
+    import dataclasses
+
+    from kitchen_lib.flags import GROUPS, flag_name
+
+    out = subprocess.run([sys.executable, "-m", "kitchen_lib", "train", "--help"], capture_output=True, text=True)
+    options = set(re.findall(r"--[a-z_]+", out.stdout))
+    for group in ("data", "model", "diffusion", "train", "sampler"):
+        for f in dataclasses.fields(GROUPS[group]):
+            assert f"--{flag_name(group, f.name)}" in options, (group, f.name)
+
+
+def test_original_flag_names_mean_the_same_as_ours():
+    from kitchen_lib.config import preset, with_overrides
+
+    original = _parse("--preset", "seed", "--k_step_future", "3", "--img_resolution", "64", "--model_channel_mults", "1,2,4",
+                      "--model_attention_resolutions_divisor", "2", "--diffusion_timesteps", "500", "--disable_amp",
+                      "--model_dropout_rate", "0.2", "--log_freq", "5", "--log_image_freq_multiplier", "3",
+                      "--no-save_best_model", "--tensorboard_log_dir", "tb", "--num_workers_loader", "1")
+    ours = _parse("--preset", "seed", "--k", "3", "--size", "64", "--channel_mults", "1,2,4", "--attention_levels", "1",
+                  "--timesteps", "500", "--no-amp", "--dropout", "0.2", "--log_freq", "5", "--log_image_every", "15",
+                  "--no-save_best", "--tensorboard_dir", "tb", "--num_workers", "1")
+    assert original == ours
+    assert ours.data.k == 3 and ours.model.channel_mults == (1, 2, 4) and not ours.train.amp
+    # What was not given stays the preset's.
+    assert ours == with_overrides(ours, train={"learning_rate": preset("seed").train.learning_rate})
+    assert _parse() == preset("cpu")
+
+
+def test_bad_flag_values_name_the_flag():
+    for argv, message in ((["--channel_mults", "a,b"], "--channel_mults"), (["--schedule", "quadratic"], "--schedule"),
+                          (["--max_minutes", "soon"], "--max_minutes")):
+        out = subprocess.run([sys.executable, "-m", "kitchen_lib", "train", *argv], capture_output=True, text=True)
+        assert out.returncode == 2 and message in out.stderr, (argv, out.stderr)

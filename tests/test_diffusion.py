@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kitchen_lib.diffusion import Diffusion, DiffusionConfig, _gather
+from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS, Diffusion, DiffusionConfig, SamplerConfig, _gather
 
 
 def test_linear_schedule_endpoints_and_monotone():
@@ -93,7 +93,11 @@ def test_bad_settings_are_refused():
         Diffusion(DiffusionConfig(loss_weighting="p2"))
     d = Diffusion()
     with pytest.raises(ValueError, match="DDPM runs all"):
-        d.sample(lambda x, t, c: x, torch.zeros(1, 3, 4, 4), "ddpm", steps=10)
+        d.sample(lambda x, t, c: x, torch.zeros(1, 3, 4, 4), SamplerConfig("ddpm", steps=10))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        d.sample(lambda x, t, c: x, torch.zeros(1, 3, 4, 4), SamplerConfig("euler"))
+    assert SamplerConfig().calls(1000) == DEFAULT_DDIM_STEPS and SamplerConfig("ddpm").calls(1000) == 1000
+    assert SamplerConfig(steps=4).label(1000) == "DDIM-4"
     with pytest.raises(ValueError, match="DDIM steps"):
         d.ddim_timesteps(0)
 

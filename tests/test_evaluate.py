@@ -3,12 +3,15 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
 from kitchen_lib.checkpoint import CheckpointError
-from kitchen_lib.evaluate import evaluate, regression_beside, select_pairs
+from kitchen_lib.config import preset, with_overrides
+from kitchen_lib.diffusion import SamplerConfig
+from kitchen_lib.evaluate import evaluate
 from kitchen_lib.inference import load_predictor, pairs_for
 from kitchen_lib.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map
 from kitchen_lib.pairs import PairsConfig, build_pairs
 from kitchen_lib.rollout import rollout, save_animation
-from kitchen_lib.train import RUN_PRESETS, train, with_overrides
+from kitchen_lib.runs import regression_beside
+from kitchen_lib.train import train
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +19,7 @@ def models(small_pairs, small_dataset, tmp_path_factory):
     """A diffusion model and its regression twin, each trained briefly on the small dataset."""
     root = tmp_path_factory.mktemp("models")
     for objective, folder in (("diffusion", "run"), ("regression", "run-regression")):
-        cfg = with_overrides(RUN_PRESETS["smoke"], data={"dataset": small_dataset},
+        cfg = with_overrides(preset("smoke"), data={"dataset": small_dataset},
                              train={"checkpoint_dir": str(root / folder), "tensorboard_dir": str(root / "tb"),
                                     "epochs": 1, "objective": objective, "log_images": False})
         train(cfg, progress=False)
@@ -43,8 +46,8 @@ def test_metrics_on_known_images():
 def test_copy_baseline_from_evaluate_equals_direct_computation(models, small_pairs):
     diffusion, regression = models
     p, reg = load_predictor(diffusion), load_predictor(regression)
-    result = evaluate(p, small_pairs, "test", "ddim", 3, regression=reg, progress=False)
-    rows = select_pairs(small_pairs, "test", None)
+    result = evaluate(p, small_pairs, "test", SamplerConfig("ddim", 3), regression=reg, progress=False)
+    rows = small_pairs.select("test")
     first = {e["index"]: e["first_frame"] for e in small_pairs.meta["episodes"]}
     direct = []
     for e, t in rows:
@@ -71,9 +74,9 @@ def test_rollout_lengths_shapes_and_files(models, small_pairs, tmp_path):
 
     p = load_predictor(models[0])
     frames = small_pairs.episode_frames(0)
-    r = rollout(p, frames, start=4, horizon=6, steps=3)
+    r = rollout(p, frames, start=4, horizon=6, sampler=SamplerConfig(steps=3))
     assert r.predicted.shape == r.truth.shape == (7, 32, 32, 3)
-    assert r.steps.tolist() == [4, 9, 14, 19, 24, 29, 34]
+    assert r.env_steps.tolist() == [4, 9, 14, 19, 24, 29, 34]
     assert np.array_equal(r.predicted[0], frames[4]) and np.array_equal(r.truth[3], frames[19])
     assert r.psnr[0] == PSNR_CAP and len(r.psnr) == 7
     sbs = r.side_by_side()
@@ -118,7 +121,7 @@ def test_demo_callbacks_headless(models, small_pairs):
     from kitchen_lib.widgets import PredictionDemo
 
     p = load_predictor(models[0])
-    demo = PredictionDemo(p, pairs_for(p), steps=2, rollout_horizon=3)
+    demo = PredictionDemo(p, pairs_for(p), sampler=SamplerConfig(steps=2), rollout_horizon=3)
     first_test = demo.episode.value
     assert first_test in small_pairs.meta["splits"]["test"]
     before = demo.images[1].value
@@ -126,7 +129,7 @@ def test_demo_callbacks_headless(models, small_pairs):
     assert demo.last["step"] == 9 and "PSNR" in demo.info.value
     assert demo.images[0].value != before or demo.images[1].value != before
     frames = small_pairs.episode_frames(first_test)
-    from kitchen_lib.widgets import png_bytes
+    from kitchen_lib.images import png_bytes
 
     assert demo.images[0].value == png_bytes(frames[9], 3)  # the current frame shown is step 9's
     assert demo.images[2].value == png_bytes(frames[14], 3)  # and the truth k=5 steps later
@@ -146,7 +149,7 @@ def test_demo_callbacks_headless(models, small_pairs):
 def test_find_checkpoint_prefers_the_newest_run(tmp_path, monkeypatch):
     import os
 
-    from kitchen_lib.inference import find_checkpoint
+    from kitchen_lib.runs import find_checkpoint
 
     monkeypatch.setenv("KITCHEN_DATA_DIR", str(tmp_path))
     assert find_checkpoint("cpu") is None

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kitchen_lib.datasets import iter_episodes
+from kitchen_lib.images import to_grayscale
 from kitchen_lib.pairs import (
     CacheError,
     FramePairs,
@@ -18,7 +19,6 @@ from kitchen_lib.pairs import (
     load_cache,
     pair_steps,
     split_episodes,
-    to_grayscale,
 )
 from kitchen_lib.paths import data_dir
 from kitchen_lib.render import KitchenRenderer

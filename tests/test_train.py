@@ -1,26 +1,31 @@
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
-from kitchen_lib.train import LEGACY_DIFFUSION, RUN_PRESETS, RunConfig, Trainer, TrainingDiverged, train, with_overrides
+from kitchen_lib.config import LEGACY_DIFFUSION, RunConfig, build_model, preset, with_overrides
+from kitchen_lib.runlog import read_metrics
+from kitchen_lib.train import Trainer, TrainingDiverged, train
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def smoke_cfg(small_dataset, ckpt_dir, **train_fields):
-    return with_overrides(RUN_PRESETS["smoke"], data={"dataset": small_dataset},
+    return with_overrides(preset("smoke"), data={"dataset": small_dataset},
                           train={"checkpoint_dir": str(ckpt_dir), "tensorboard_dir": str(ckpt_dir / "tb"), **train_fields})
 
 
 def losses(ckpt_dir):
-    rows = [json.loads(line) for line in (ckpt_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}, [r["val_loss"] for r in rows if "val_loss" in r]
+    m = read_metrics(ckpt_dir)
+    return {r["step"]: r["loss"] for r in m.train}, m.column("val_loss")
 
 
 def sha(path):
@@ -65,7 +70,7 @@ def test_checkpoint_contents_and_best_by_validation(small_pairs, small_dataset, 
     r = train(smoke_cfg(small_dataset, tmp_path, epochs=3), progress=False)
     s = load_checkpoint(tmp_path / "latest.pt")
     assert {"model", "ema", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "config"} <= set(s)
-    assert s["epoch"] == 3 and s["step"] == r.steps and s["config"]["model"]["base_channels"] == 16
+    assert s["epoch"] == 3 and s["step"] == r.optimizer_steps and s["config"]["model"]["base_channels"] == 16
     _, vals = losses(tmp_path)
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["last_val_loss"] == pytest.approx(min(vals))  # best by validation, not training, loss
@@ -115,7 +120,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_checkpoints(small_pairs, small_
     latest = sha(tmp_path / "latest.pt")
     trainer = Trainer(with_overrides(cfg, train={"epochs": 2}), resume="latest", progress=False)
     with torch.no_grad():
-        trainer.model.inp.weight.fill_(float("nan"))
+        trainer.model.net.inp.weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="loss became nan"):
         trainer.fit()
     assert sha(tmp_path / "latest.pt") == latest
@@ -124,11 +129,11 @@ def test_nan_loss_stops_with_a_message_and_keeps_checkpoints(small_pairs, small_
 def test_time_budget_stops_cleanly_then_resumes(small_pairs, small_dataset, tmp_path):
     cfg = smoke_cfg(small_dataset, tmp_path, epochs=3, max_minutes=1e-6)
     r = train(cfg, progress=False)
-    assert r.stopped_early and r.steps == 1
+    assert r.stopped_early and r.optimizer_steps == 1
     s = load_checkpoint(tmp_path / "latest.pt")
     assert (s["epoch"], s["batch_in_epoch"], s["step"]) == (0, 1, 1)
     r2 = train(with_overrides(cfg, train={"max_minutes": None}), resume="latest", progress=False)
-    assert not r2.stopped_early and r2.steps == 3 * 7
+    assert not r2.stopped_early and r2.optimizer_steps == 3 * 7
 
 
 def test_tensorboard_has_scalars_images_hparams_and_graph(small_pairs, small_dataset, tmp_path):
@@ -155,11 +160,11 @@ def test_resume_survives_a_metrics_line_cut_short(small_pairs, small_dataset, tm
         f.write('{"step": 99, "epoch": 1, "lo')  # what a kill in mid-write leaves
     r = train(with_overrides(cfg, train={"epochs": 2}), resume="latest", progress=False)
     steps, _ = losses(tmp_path)
-    assert r.steps == 14 and sorted(steps) == list(range(1, 15))
+    assert r.optimizer_steps == 14 and sorted(steps) == list(range(1, 15))
 
 
 def test_configs_saved_before_an_option_existed_keep_their_meaning():
-    cfg = with_overrides(RUN_PRESETS["cpu"], diffusion={"residual": True, "loss_weighting": "min_snr"})
+    cfg = with_overrides(preset("cpu"), diffusion={"residual": True, "loss_weighting": "min_snr"})
     assert RunConfig.from_dict(cfg.to_dict()) == cfg  # a round trip keeps everything
     old = cfg.to_dict()
     for key in LEGACY_DIFFUSION:
@@ -167,3 +172,28 @@ def test_configs_saved_before_an_option_existed_keep_their_meaning():
     loaded = RunConfig.from_dict(old)
     assert not loaded.diffusion.residual and loaded.diffusion.loss_weighting == "none"
     assert loaded.model == cfg.model and loaded.train == cfg.train
+
+
+def test_a_checkpoint_saved_before_the_config_moved_still_loads_and_predicts_the_same():
+    """tests/fixtures/legacy_checkpoint.pt was written by the code of commit 58b9570 (U-Net size and
+    pixel attention in the model config, train.sample_steps); the npz holds its DDIM-3 outputs then."""
+    from kitchen_lib.diffusion import SamplerConfig
+    from kitchen_lib.inference import load_predictor
+
+    p = load_predictor(FIXTURES / "legacy_checkpoint.pt")
+    assert p.config.model.attention_levels == (1,) and p.config.data.size == 16 and p.objective == "diffusion"
+    io = np.load(FIXTURES / "legacy_checkpoint_io.npz")
+    assert np.array_equal(p.predict(io["current"], SamplerConfig("ddim", 3), seed=0), io["ddim3_seed0"])
+
+
+def test_every_preset_is_a_working_configuration():
+    assert RunConfig() == preset("cpu")
+    for name in ("cpu", "smoke", "seed"):
+        cfg = preset(name)
+        model = build_model(cfg)
+        assert model.net.image_size == cfg.data.size and model.net.image_channels == cfg.data.channels
+        assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    gray = build_model(with_overrides(preset("cpu"), data={"grayscale": True, "size": 32}))
+    assert gray.net.inp.in_channels == 2 and gray.net.image_size == 32  # derived from the data, never set twice
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("gpu")

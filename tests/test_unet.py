@@ -4,50 +4,62 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kitchen_lib.config import preset
 from kitchen_lib.diffusion import Diffusion, DiffusionConfig
-from kitchen_lib.unet import UNET_PRESETS, ConditionalUNet, UNetConfig, channels_last, count_parameters
+from kitchen_lib.unet import ConditionalUNet, UNetConfig, channels_last, count_parameters
+
+SMOKE = preset("smoke").model  # 32px frames
 
 
-@pytest.mark.parametrize("size,attn", [(32, 8), (64, 16), (128, 32)])
+@pytest.mark.parametrize("size", [32, 64, 128])
 @pytest.mark.parametrize("channels", [3, 1])
-def test_shapes(size, attn, channels):
-    cfg = UNetConfig(image_size=size, image_channels=channels, base_channels=16, attention_resolutions=(attn,),
-                     time_emb_dim=32, time_mlp_dim=64)
-    net = ConditionalUNet(cfg)
+def test_shapes(size, channels):
+    cfg = UNetConfig(base_channels=16, channel_mults=(1, 2, 3), attention_levels=(2,), time_emb_dim=32, time_mlp_dim=64)
+    net = ConditionalUNet(cfg, size, channels)
     assert net.inp.in_channels == 2 * channels  # noisy future stacked with the current frame
     x = torch.randn(2, channels, size, size)
     assert net(x, torch.tensor([0, 999]), x).shape == (2, channels, size, size)
 
 
 def test_seed_preset_is_the_original_architecture():
-    cfg = UNET_PRESETS["seed"]
-    assert (cfg.image_size, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks, cfg.attention_resolutions,
-            cfg.time_emb_dim, cfg.time_mlp_dim, cfg.dropout) == (128, 32, (1, 2, 3), 1, (32,), 128, 512, 0.1)
-    assert 1_500_000 < count_parameters(ConditionalUNet(cfg)) < 3_000_000
+    run = preset("seed")
+    cfg, size = run.model, run.data.size
+    attention_px = [size // 2**level for level in cfg.attention_levels]
+    assert (size, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks, attention_px,
+            cfg.time_emb_dim, cfg.time_mlp_dim, cfg.dropout) == (128, 32, (1, 2, 3), 1, [32], 128, 512, 0.1)
+    assert 1_500_000 < count_parameters(ConditionalUNet(cfg, size, 3)) < 3_000_000
 
 
 def test_output_depends_on_time_and_condition():
-    net = ConditionalUNet(replace(UNET_PRESETS["smoke"], zero_init=False)).eval()
+    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32).eval()
     x, c = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
     out = net(x, torch.tensor([10]), c)
     assert not torch.allclose(out, net(x, torch.tensor([900]), c))
     assert not torch.allclose(out, net(x, torch.tensor([10]), -c))
 
 
-@pytest.mark.parametrize("fields,message", [
-    (dict(image_size=30), r"not divisible by 2\^2"),
-    (dict(attention_resolutions=(8,)), "never occurs"),
-    (dict(base_channels=12), "groups=8 do not divide"),
-    (dict(base_channels=24, groups=16), "groups=16 do not divide"),
-    (dict(base_channels=30, groups=5), "heads=4 do not divide"),
+@pytest.mark.parametrize("fields,size,message", [
+    (dict(), 30, r"not divisible by 2\^3"),
+    (dict(attention_levels=(4,)), 64, "never occurs"),
+    (dict(base_channels=12), 64, "groups=8 do not divide"),
+    (dict(base_channels=24, groups=16), 64, "groups=16 do not divide"),
+    (dict(base_channels=30, groups=5), 64, "heads=4 do not divide"),
 ])
-def test_impossible_configurations_fail_at_construction(fields, message):
+def test_impossible_configurations_fail_at_construction(fields, size, message):
     with pytest.raises(ValueError, match=message):
-        ConditionalUNet(UNetConfig(**fields))
+        ConditionalUNet(UNetConfig(**fields), size)
+
+
+def test_configs_saved_with_pixel_attention_read_as_levels():
+    old = {"image_size": 128, "image_channels": 3, "base_channels": 32, "channel_mults": [1, 2, 3], "num_res_blocks": 1,
+           "attention_resolutions": [32], "time_emb_dim": 128, "time_mlp_dim": 512, "dropout": 0.1, "groups": 8, "heads": 4}
+    cfg = UNetConfig.from_dict(old)
+    assert cfg.attention_levels == (2,) and cfg.channel_mults == (1, 2, 3) and not cfg.zero_init
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_wrong_input_shape_says_what_it_expects():
-    net = ConditionalUNet(UNET_PRESETS["smoke"])
+    net = ConditionalUNet(SMOKE, 32)
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
         net(x, torch.tensor([1]), x)
@@ -55,7 +67,7 @@ def test_wrong_input_shape_says_what_it_expects():
 
 def test_zero_init_starts_as_copying_the_frame_and_then_learns():
     torch.manual_seed(0)
-    net = ConditionalUNet(replace(UNET_PRESETS["smoke"], zero_init=True))
+    net = ConditionalUNet(replace(SMOKE, zero_init=True), 32)
     cur, fut = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
     assert torch.equal(net(fut, torch.tensor([5, 50, 500, 900]), cur), torch.zeros_like(cur))
     d = Diffusion(DiffusionConfig(residual=True, prediction="x0", schedule="cosine"))
@@ -70,7 +82,7 @@ def test_zero_init_starts_as_copying_the_frame_and_then_learns():
 
 
 def test_channels_last_computes_the_same_function():
-    net = ConditionalUNet(replace(UNET_PRESETS["smoke"], zero_init=False)).eval()
+    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32).eval()
     fast = channels_last(copy.deepcopy(net))
     assert fast.inp.weight.is_contiguous(memory_format=torch.channels_last)
     x, c, t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.tensor([3, 700])

@@ -1,0 +1,177 @@
+"""Run configuration: one dataclass per concern, gathered in `RunConfig`, and the named presets.
+
+`RunConfig()` is the base: the course's `cpu` setup (64x64 frames, a U-Net sized for about 20
+minutes of training on a 2-core CPU). Every other preset is the base with the differences
+written out in `PRESETS`, so a reader sees in one place what each preset changes:
+
+    preset("cpu")                     the base itself
+    preset("smoke")                   tiny data and model: a whole run in seconds (tests, notebooks' smoke mode)
+    preset("seed")                    the original project's 128x128 setup, for a GPU
+    with_overrides(cfg, train={"epochs": 3})   any config with some fields replaced
+
+The model's frame size and channels are the data's (`cfg.data.size`, `cfg.data.channels`),
+never set on the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from kitchen_lib.checkpoint import CheckpointError, config_differences
+from kitchen_lib.datasets import SMOKE_DATASET_ID, GenerateConfig
+from kitchen_lib.diffusion import DiffusionConfig, SamplerConfig
+from kitchen_lib.model import OBJECTIVES, FrameModel
+from kitchen_lib.pairs import PairsConfig
+from kitchen_lib.paths import data_dir
+from kitchen_lib.runs import default_run_dir
+from kitchen_lib.unet import UNetConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: how long, how fast, and what is logged and kept."""
+
+    epochs: int = 100
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100  # optimizer steps of linear learning-rate warm-up
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    amp: bool = True  # mixed precision, on CUDA only
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+    seed: int = 0
+    num_workers: int = 0  # DataLoader worker processes
+    checkpoint_dir: str | None = None  # default: <data dir>/checkpoints/<preset>[-regression]
+    checkpoint_freq: int = 1  # also keep epoch_NNNN.pt every N epochs
+    save_best: bool = True  # keep best.pt (lowest validation loss)
+    tensorboard_dir: str | None = None  # default: <data dir>/tensorboard
+    run_name_prefix: str = "kitchen"
+    log_freq: int = 20  # optimizer steps between scalar logs
+    log_images: bool = True
+    log_image_every: int = 300  # optimizer steps between sample-prediction images
+    max_minutes: float | None = 20  # stop cleanly, with a checkpoint, after this long (None: run every epoch)
+    objective: str = "diffusion"  # or "regression": the same network, MSE straight to the future frame
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs, one dataclass per concern. `RunConfig()` is the `cpu` preset."""
+
+    data: PairsConfig = field(default_factory=PairsConfig)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the run's default way to predict
+    generate: GenerateConfig = field(default_factory=GenerateConfig)  # size of our dataset, if it must be made
+    preset: str = "cpu"
+    data_dir: str | None = None  # pair caches, checkpoints, logs; default: paths.data_dir()
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate(self.data.size)
+        self.diffusion.validate()
+        self.train.validate()
+        self.sampler.validate()
+
+    def root(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else data_dir()
+
+    def checkpoint_dir(self) -> Path:
+        if self.train.checkpoint_dir:
+            return Path(self.train.checkpoint_dir)
+        return default_run_dir(self.preset, self.train.objective, self.root())
+
+    def to_dict(self) -> dict:
+        return {"data": asdict(self.data), "model": self.model.to_dict(), "diffusion": asdict(self.diffusion),
+                "train": asdict(self.train), "sampler": asdict(self.sampler), "generate": asdict(self.generate),
+                "preset": self.preset}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        """Also reads the configs of older checkpoints: an option they lack gets the meaning it
+        had before it existed, whatever today's default."""
+        train = {k: v for k, v in d["train"].items() if k != "sample_steps"}  # it became the run's sampler
+        return cls(data=PairsConfig(**d["data"]), model=UNetConfig.from_dict(d["model"]),
+                   diffusion=DiffusionConfig(**(LEGACY_DIFFUSION | d["diffusion"])), train=TrainConfig(**train),
+                   sampler=SamplerConfig(**d.get("sampler", {})), generate=GenerateConfig(**d.get("generate", {})),
+                   preset=d.get("preset", "custom"))
+
+
+# What a saved config without these fields meant (they were added later).
+LEGACY_DIFFUSION = {"residual": False, "loss_weighting": "none", "min_snr_gamma": 5.0}
+
+# Fields a resumed run may change; any other difference means a different run.
+RESUMABLE_CHANGES = {"epochs", "max_minutes", "num_workers", "device", "log_freq", "log_images", "log_image_every",
+                     "checkpoint_freq", "tensorboard_dir", "checkpoint_dir", "amp"}
+
+# Each preset: what it is for, and what differs from RunConfig() (the `cpu` preset), per concern.
+PRESETS: dict[str, tuple[str, dict[str, dict]]] = {
+    "cpu": ("the course default: 64x64, about 20 minutes of training on a 2-core CPU", {}),
+    "smoke": ("tiny data and model that train in seconds: tests and the notebooks' smoke mode", {
+        "data": {"dataset": SMOKE_DATASET_ID, "size": 32},
+        "generate": {"episodes": 3, "max_steps": 60},
+        "model": {"base_channels": 16, "channel_mults": (1, 2), "attention_levels": (1,), "time_emb_dim": 32,
+                  "time_mlp_dim": 64, "dropout": 0.0},
+        "train": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 5, "ema_decay": 0.9,
+                  "log_freq": 2, "log_image_every": 10, "max_minutes": None},
+        "sampler": {"steps": 5},
+    }),
+    "seed": ("the original project's 128x128 setup, for a GPU", {
+        # The original's: frame size, U-Net (base 32, mults 1,2,3, one res block, attention at
+        # 32px, time MLP 512, dropout 0.1), batch 16, learning rate 1e-4, EMA 0.999, no time limit.
+        "data": {"size": 128},
+        "model": {"channel_mults": (1, 2, 3), "attention_levels": (2,), "time_mlp_dim": 512,
+                  "zero_init": True},  # zero-init is ours (see below)
+        "train": {"batch_size": 16, "learning_rate": 1e-4, "ema_decay": 0.999, "checkpoint_freq": 5,
+                  "log_image_every": 1000, "max_minutes": None},
+        # Ours, not the original's: its linear/eps/whole-frame recipe without zero-init fell far
+        # below copying the frame (bench/ablation.py); these are what won there.
+        "diffusion": {"schedule": "cosine", "prediction": "x0", "residual": True},
+    }),
+}
+
+
+def preset(name: str) -> RunConfig:
+    """The named preset's RunConfig."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+    return with_overrides(RunConfig(preset=name), **PRESETS[name][1])
+
+
+def with_overrides(cfg: RunConfig, **groups: dict) -> RunConfig:
+    """A copy of cfg with fields replaced per concern, e.g. with_overrides(cfg, train={"epochs": 3})."""
+    unknown = set(groups) - {"data", "model", "diffusion", "train", "sampler", "generate"}
+    if unknown:
+        raise ValueError(f"no such part of a RunConfig: {sorted(unknown)}")
+    parts = {k: replace(getattr(cfg, k), **v) for k, v in groups.items() if v}
+    return replace(cfg, **parts)
+
+
+def check_resumable(path: Path, saved: dict, now: RunConfig) -> None:
+    """Raise CheckpointError, naming the fields, unless `now` continues the run saved at `path`."""
+    now_d = RunConfig.from_dict(now.to_dict()).to_dict()
+    saved = RunConfig.from_dict(saved).to_dict()  # read an older layout the way it is read today
+    arch = config_differences(saved["model"], now_d["model"], "model.") + config_differences(
+        saved["diffusion"], now_d["diffusion"], "diffusion.")
+    if arch:
+        raise CheckpointError(f"{path} was trained with a different architecture; differing fields:\n  " + "\n  ".join(arch)
+                              + "\nUse the same model flags (or --preset) as that run, or start a new run in another "
+                              "--checkpoint_dir.")
+    other = config_differences(saved["data"], now_d["data"], "data.") + [
+        d for d in config_differences(saved["train"], now_d["train"], "train.")
+        if d.split(":")[0].split(".")[1] not in RESUMABLE_CHANGES]
+    if other:
+        raise CheckpointError(f"{path} belongs to a run with other settings; resuming would not continue it:\n  "
+                              + "\n  ".join(other))
+
+
+def build_model(cfg: RunConfig) -> FrameModel:
+    """The untrained model a config describes, sized for its data."""
+    cfg.validate()
+    return FrameModel.build(cfg.model, cfg.data.size, cfg.data.channels, cfg.diffusion, cfg.train.objective)

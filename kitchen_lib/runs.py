@@ -1,0 +1,52 @@
+"""Where runs live: the folder rules for checkpoints, in one place.
+
+    <data dir>/checkpoints/<preset>                         a diffusion run of the CLI
+    <data dir>/checkpoints/<preset>-regression              its regression baseline
+    <data dir>/checkpoints/notebook[NN]-<preset>-<time>[...]  runs made by the notebooks
+
+A run folder holds latest.pt (where to resume), best.pt (lowest validation loss),
+epoch_NNNN.pt, and metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from kitchen_lib.paths import data_dir
+
+
+def run_name(preset: str, objective: str = "diffusion") -> str:
+    """The folder name of a preset's run: `cpu`, `cpu-regression`."""
+    return preset if objective == "diffusion" else f"{preset}-{objective}"
+
+
+def default_run_dir(preset: str, objective: str = "diffusion", root: Path | None = None) -> Path:
+    return (root or data_dir()) / "checkpoints" / run_name(preset, objective)
+
+
+def resolve_checkpoint(run_dir: Path, which: str) -> Path:
+    """'latest', 'best' or a path -> the checkpoint file."""
+    if which in ("latest", "best"):
+        return Path(run_dir) / f"{which}.pt"
+    return Path(which)
+
+
+def regression_beside(checkpoint: str | Path) -> Path | None:
+    """data/checkpoints/cpu/best.pt -> data/checkpoints/cpu-regression/best.pt, if it exists."""
+    p = Path(checkpoint)
+    twin = p.parent.with_name(run_name(p.parent.name, "regression"))
+    for name in (p.name, "best.pt", "latest.pt"):
+        if (twin / name).is_file():
+            return twin / name
+    return None
+
+
+def find_checkpoint(preset: str = "cpu", objective: str = "diffusion", root: Path | None = None) -> Path | None:
+    """The newest best.pt of a preset's runs, by the CLI or the notebooks; None if there is none."""
+    checkpoints = (root or data_dir()) / "checkpoints"
+    notebook_run = re.compile(rf"notebook\d*-{re.escape(preset)}-\d{{8}}-\d{{6}}{re.escape(run_name('', objective))}")
+    runs = [checkpoints / run_name(preset, objective)]
+    runs += [p for p in checkpoints.glob("notebook*") if notebook_run.fullmatch(p.name)]
+    found = [r / "best.pt" for r in runs if (r / "best.pt").is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
