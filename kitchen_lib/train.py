@@ -257,7 +257,8 @@ def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = 
     if checkpoint is not None:
         return Path(checkpoint)
     found = find_checkpoint(preset_name)
-    if found is not None and all(o == "diffusion" or regression_beside(found) for o in objectives):
+    twins = found is not None and all(o == "diffusion" or regression_beside(found) for o in objectives)
+    if twins or (found is not None and not smoke):  # outside smoke mode a missing twin is shown as missing
         return found
     if not smoke:
         raise FileNotFoundError(f"no trained model yet: run notebook 05 or `python -m kitchen_lib train --preset {preset_name}`")

@@ -1,6 +1,7 @@
 import numpy as np
 
-from kitchen_lib.expert import hand_frame, run_episode
+from kitchen_lib.controller import hand_frame
+from kitchen_lib.expert import run_episode
 from kitchen_lib.kitchen import BONUS_THRESH, completed_tasks, state_from_observation, task_distance
 
 
