@@ -1,13 +1,16 @@
-"""Which recipe learns fastest on a CPU: short training runs of the `cpu` preset, one change at a time.
+"""Which recipe learns fastest on a CPU: short training runs of a preset, one change at a time.
 
-    python bench/ablation.py [VARIANT ...] [--minutes 5] [--pairs 192]
+    python bench/ablation.py [VARIANT ...] [--preset cpu|cpu-world] [--minutes 5] [--pairs 192]
 
-Each variant trains the cpu preset for --minutes of wall time from scratch (same data, same
-seed), then scores its EMA weights with DDIM-10 and DDIM-3 (and its raw weights with DDIM-10) on
---pairs test pairs spread over the test episodes, beside copy-the-current-frame. Results are merged into
-bench/results/ablation.json (one entry per variant, so variants can be run a few at a time)
-and the whole table is printed. With no VARIANT, runs them all (about 6 minutes each here).
-The cpu preset's diffusion defaults were chosen from this table; notebook 03 shows it.
+Each variant trains the preset with some fields changed for --minutes of wall time from
+scratch (same data, same seed), then scores its EMA weights with DDIM-10 and DDIM-3 (and its raw
+weights with DDIM-10) on --pairs test pairs spread over the test episodes, beside
+copy-the-current-frame. World-model variants also score the one-step x0 prediction and DDIM-10
+with shuffled actions (ΔPSNR: how much the model uses the actions). Results are merged into
+bench/results/ablation.json (`cpu`) or ablation-<preset>.json (one entry per variant, so variants
+can be run a few at a time) and the whole table is printed. With no VARIANT, runs them all.
+The cpu preset's diffusion defaults and the cpu-world preset's conditioning were chosen from
+these tables; notebooks 03 and 08 show them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from kitchen_lib.train import Trainer  # noqa: E402
 ORIGINAL = {"prediction": "eps", "schedule": "linear", "residual": False, "loss_weighting": "none"}
 RESIDUAL_X0 = {"prediction": "x0", "schedule": "cosine", "residual": True, "loss_weighting": "none"}
 # name -> (diffusion, model, train) overrides of the cpu preset
-VARIANTS: dict[str, tuple[dict, dict, dict]] = {
+CPU_VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "original (eps, linear)": (ORIGINAL, {"zero_init": False}, {}),
     "residual, v, cosine, min-SNR": (RESIDUAL_X0 | {"prediction": "v", "loss_weighting": "min_snr"}, {"zero_init": False}, {}),
     "residual, x0, cosine": (RESIDUAL_X0, {"zero_init": False}, {}),
@@ -44,60 +47,107 @@ VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "  + no dropout": (RESIDUAL_X0, {"zero_init": True, "dropout": 0.0}, {}),
     "  + EMA 0.998": (RESIDUAL_X0, {"zero_init": True}, {"ema_decay": 0.998}),
 }
+# name -> overrides of the cpu-world preset, per concern. The first four rows chose its learning
+# rate (they started from lr 3e-4; lr 1e-3 won and is now the preset's). "budget" in
+# lr_decay_steps: the steps the reference row reached in the same minutes (run it first).
+NO_PAST = {"context_frames": 0}
+LR_3E4 = {"learning_rate": 3e-4}
+REFERENCE = "lr 3e-4 (the first recipe)"
+WORLD_VARIANTS: dict[str, dict[str, dict]] = {
+    REFERENCE: {"train": LR_3E4},
+    "  - AdaGN (actions only added to the time embedding)": {"train": LR_3E4, "model": {"adagn": False}},
+    "  + lr cosine decay over the budget": {"train": LR_3E4 | {"lr_decay_steps": "budget"}},
+    "cpu-world as defined (lr 1e-3)": {},
+    "  - joints (past frames + actions)": {"conditioning": {"proprio": False}},
+    "actions only (no past, no joints)": {"conditioning": NO_PAST | {"proprio": False}},
+    "actions + joints, no past frames": {"conditioning": NO_PAST},
+    "  + 4 past frames": {"conditioning": {"context_frames": 4}},
+    "  + noise 0.1 on past frames": {"conditioning": {"context_noise": 0.1}},
+    "past frames only, no actions (frame-only cpu + context)": {"conditioning": {"actions": False, "proprio": False},
+                                                                "model": {"adagn": False}},
+}
+VARIANTS = {"cpu": CPU_VARIANTS, "cpu-world": WORLD_VARIANTS}
 
 
 def psnrs(result: dict, method: str) -> dict:
     return {k: result["methods"][method][k] for k in ("psnr", "psnr_moving")}
 
 
-def run(name: str, minutes: float, pairs: int) -> dict:
-    diffusion, model, train = VARIANTS[name]
+def overrides_of(base: str, name: str, minutes: float, done: dict) -> dict[str, dict]:
+    if base == "cpu":
+        diffusion, model, train = CPU_VARIANTS[name]
+        return {"diffusion": diffusion, "model": model, "train": train}
+    groups = {g: dict(v) for g, v in WORLD_VARIANTS[name].items()}
+    if groups.get("train", {}).get("lr_decay_steps") == "budget":
+        ref = done.get(REFERENCE)
+        if ref is None or ref["minutes"] != minutes:
+            raise SystemExit(f"{name!r} decays over the steps {REFERENCE!r} reaches in {minutes} min: run that first")
+        groups["train"]["lr_decay_steps"] = ref["steps"]
+    return groups
+
+
+def run(base: str, name: str, minutes: float, pairs: int, done: dict) -> dict:
+    groups = overrides_of(base, name, minutes, done)
     ckpt = Path(tempfile.mkdtemp(prefix="ablation-"))
     try:
-        cfg = with_overrides(preset("cpu"), diffusion=diffusion, model=model,
-                             train={"max_minutes": minutes, "checkpoint_dir": str(ckpt), "log_images": False,
-                                    "tensorboard_dir": str(ckpt / "tb"), **train})
+        train = {"max_minutes": minutes, "checkpoint_dir": str(ckpt), "log_images": False,
+                 "tensorboard_dir": str(ckpt / "tb")} | groups.get("train", {})
+        cfg = with_overrides(preset(base), **(groups | {"train": train}))
         r = Trainer(cfg, progress=False).fit()
         pred = load_predictor(ckpt / "latest.pt")
         cache = build_pairs(cfg.data, progress=False)
-        out = {"minutes": minutes, "steps": r.optimizer_steps, "samples_per_s": r.samples_per_second,
-               "overrides": {"diffusion": diffusion, "model": model, "train": train}}
+        out = {"minutes": minutes, "steps": r.optimizer_steps, "samples_per_s": r.samples_per_second, "overrides": groups}
         for steps in (10, 3):
-            ev = evaluate(pred, cache, "test", SamplerConfig("ddim", steps), max_pairs=pairs, progress=False)
+            ev = evaluate(pred, cache, "test", SamplerConfig("ddim", steps), max_pairs=pairs, progress=False,
+                          mean_of=0, x0=steps == 10)
             out[f"ddim{steps}"] = psnrs(ev, "diffusion")
+            if steps == 10:
+                out["x0"] = psnrs(ev, "diffusion_x0")
+                if "diffusion_shuffled_actions" in ev["methods"]:
+                    out["ddim10_shuffled_actions"] = psnrs(ev, "diffusion_shuffled_actions")
         out["copy"] = psnrs(ev, "copy")
         # The raw (non-EMA) weights too: in a short run the EMA may still lag behind them.
         ev = evaluate(load_predictor(ckpt / "latest.pt", ema=False), cache, "test", SamplerConfig("ddim", 10), max_pairs=pairs,
-                      progress=False)
+                      progress=False, mean_of=0, x0=False)
         out["raw_ddim10"] = psnrs(ev, "diffusion")
         return out
     finally:
         shutil.rmtree(ckpt, ignore_errors=True)
 
 
+def summary_row(name: str, v: dict) -> dict:
+    r2 = lambda d, k: round(d[k], 2) if d else ""  # noqa: E731
+    copy = v["copy"]
+    return {"variant": name, "steps": v["steps"], "samples_per_s": round(v["samples_per_s"], 1),
+            "ddim10_psnr": r2(v["ddim10"], "psnr"), "ddim10_moving": r2(v["ddim10"], "psnr_moving"),
+            "ddim3_psnr": r2(v["ddim3"], "psnr"), "ddim3_moving": r2(v["ddim3"], "psnr_moving"),
+            "x0_psnr": r2(v.get("x0"), "psnr"), "x0_moving": r2(v.get("x0"), "psnr_moving"),
+            "delta_psnr_moving": round(v["ddim10"]["psnr_moving"] - v["ddim10_shuffled_actions"]["psnr_moving"], 2)
+            if "ddim10_shuffled_actions" in v else "",
+            "raw_ddim10_psnr": r2(v.get("raw_ddim10"), "psnr"), "raw_ddim10_moving": r2(v.get("raw_ddim10"), "psnr_moving"),
+            "copy_psnr": round(copy["psnr"], 2), "copy_moving": round(copy["psnr_moving"], 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variants", nargs="*", help=f"any of: {', '.join(repr(v) for v in VARIANTS)}")
+    ap.add_argument("variants", nargs="*", help="variant names (see VARIANTS in this file); none: all of the preset's")
+    ap.add_argument("--preset", default="cpu", choices=list(VARIANTS), help="the preset whose fields the variants change")
     ap.add_argument("--minutes", type=float, default=5)
     ap.add_argument("--pairs", type=int, default=192)
     a = ap.parse_args()
-    unknown = [v for v in a.variants if v not in VARIANTS]
+    variants = VARIANTS[a.preset]
+    unknown = [v for v in a.variants if v not in variants]
     if unknown:
-        ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    path = RESULTS / "ablation.json"
+        ap.error(f"unknown variants {unknown}; choose from {list(variants)}")
+    name = "ablation.json" if a.preset == "cpu" else f"ablation-{a.preset}.json"
+    path = RESULTS / name
     res = json.loads(path.read_text()) if path.exists() else {"variants": {}}
-    res["machine"] = machine()
-    for name in a.variants or VARIANTS:
-        res["variants"][name] = run(name, a.minutes, a.pairs)
-        write_json("ablation.json", res)  # after each variant: an interrupted sweep keeps what it measured
-        print(name, json.dumps(res["variants"][name]), flush=True)
-    rows = [{"variant": n, "steps": v["steps"], "samples_per_s": round(v["samples_per_s"], 1),
-             "ddim10_psnr": round(v["ddim10"]["psnr"], 2), "ddim10_moving": round(v["ddim10"]["psnr_moving"], 2),
-             "ddim3_psnr": round(v["ddim3"]["psnr"], 2), "ddim3_moving": round(v["ddim3"]["psnr_moving"], 2),
-             "raw_ddim10_psnr": round(v["raw_ddim10"]["psnr"], 2) if "raw_ddim10" in v else "",
-             "raw_ddim10_moving": round(v["raw_ddim10"]["psnr_moving"], 2) if "raw_ddim10" in v else "",
-             "copy_psnr": round(v["copy"]["psnr"], 2), "copy_moving": round(v["copy"]["psnr_moving"], 2)}
-            for n, v in res["variants"].items()]
+    res["machine"], res["preset"] = machine(), a.preset
+    for v in a.variants or variants:
+        res["variants"][v] = run(a.preset, v, a.minutes, a.pairs, res["variants"])
+        write_json(name, res)  # after each variant: an interrupted sweep keeps what it measured
+        print(v, json.dumps(res["variants"][v]), flush=True)
+    rows = [summary_row(n, v) for n, v in res["variants"].items()]
     print(table(rows, list(rows[0])))
     print("wrote", path)
 

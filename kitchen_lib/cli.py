@@ -109,7 +109,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     flags.sampler_from_args(a)  # argument errors before any loading
     predictor, regression = load_with_regression(a.checkpoint, a.regression, device=a.device or "auto")
     predictor, sampler, cache = _load(a, predictor)
-    result = evaluate(predictor, cache, a.split, sampler, regression, a.max_pairs, a.seed)
+    result = evaluate(predictor, cache, a.split, sampler, regression, a.max_pairs, a.seed, mean_of=a.mean_of)
     print(format_table(result))
     if regression is None:
         print("(no regression baseline: train one with --objective regression, or pass --regression PATH)")
@@ -120,13 +120,31 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_rollout(a: argparse.Namespace) -> None:
+    from kitchen_lib.conditioning import episode_vectors
+    from kitchen_lib.paths import atomic_path
     from kitchen_lib.rollout import rollout, save_animation
 
     predictor, sampler, cache = _load(a)
-    r = rollout(predictor, cache.episode_frames(a.episode), a.start, a.horizon, sampler, a.seed)
+    actions = proprio = None
+    if predictor.conditioning.actions or predictor.conditioning.proprio:
+        actions, proprio = episode_vectors(cache, a.episode)
+        if a.actions_of is not None:
+            actions = episode_vectors(cache, a.actions_of)[0]
+    elif a.actions_of is not None:
+        raise ValueError("--actions_of needs an action-conditioned model (e.g. --preset cpu-world)")
+    r = rollout(predictor, cache.episode_frames(a.episode), a.start, a.horizon, sampler, a.seed, actions, proprio)
     out = save_animation(r.side_by_side(), a.out, fps=a.fps)
-    print(f"wrote {out}: {a.horizon} steps of k={predictor.k} from step {a.start} of episode {a.episode} "
-          f"(truth | prediction | difference); PSNR per step: {' '.join(f'{p:.1f}' for p in r.psnr[1:])}")
+    driven = f", driven by episode {a.actions_of}'s actions" if a.actions_of is not None else ""
+    print(f"wrote {out}: {a.horizon} steps of k={predictor.k} from step {a.start} of episode {a.episode}{driven} "
+          f"(truth | prediction | difference)")
+    print("PSNR per step, model:      " + " ".join(f"{p:5.1f}" for p in r.psnr[1:]))
+    print("holding the start frame:   " + " ".join(f"{p:5.1f}" for p in r.hold_psnr[1:]))
+    if a.json:
+        with atomic_path(a.json) as tmp:
+            tmp.write_text(json.dumps({"episode": a.episode, "start": a.start, "k": predictor.k, "actions_of": a.actions_of,
+                                       "env_steps": r.env_steps.tolist(), "psnr": r.psnr.tolist(),
+                                       "hold_psnr": r.hold_psnr.tolist()}, indent=2))
+        print(f"wrote {a.json}")
 
 
 def _preset_arg(p: argparse.ArgumentParser) -> None:
@@ -173,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_render)
 
     for name, groups, about in (("pairs", ["data"], "build (or load) the cached (current, future) frame pairs"),
-                                ("train", ["data", "model", "diffusion", "train", "sampler"], "train a model (flags override the preset)")):
+                                ("train", ["data", "model", "diffusion", "train", "conditioning", "sampler"], "train a model (flags override the preset)")):
         p = sub.add_parser(name, help=about)
         _preset_arg(p)
         p.add_argument("--download", action="store_true", help="download a D4RL dataset if it is not local")
@@ -201,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regression", default=None, help="regression baseline checkpoint (default: <run>-regression beside it)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
     p.add_argument("--max_pairs", type=int, default=None, help="evaluate an evenly spread subset (DDPM-1000 is slow)")
+    p.add_argument("--mean_of", type=int, default=4, help="samples averaged for the diffusion_mean method (0 or 1: skip it)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -210,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0, help="env step to start from")
     p.add_argument("--horizon", type=int, default=20, help="predictions fed back, k env steps each")
     p.add_argument("--fps", type=float, default=4.0)
+    p.add_argument("--actions_of", type=int, default=None, help="drive a world model with this episode's actions instead")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write PSNR per step (model and hold) as JSON")
     p.add_argument("--out", default="rollout.gif")
     p.set_defaults(func=cmd_rollout)
     return ap

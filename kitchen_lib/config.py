@@ -7,6 +7,8 @@ written out in `PRESETS`, so a reader sees in one place what each preset changes
     preset("cpu")                     the base itself
     preset("smoke")                   tiny data and model: a whole run in seconds (tests, notebooks' smoke mode)
     preset("seed")                    the original project's 128x128 setup, for a GPU
+    preset("cpu-world")               the cpu budget as a world model: actions, joint state, past frames
+    preset("smoke-world")             smoke, as a world model
     with_overrides(cfg, train={"epochs": 3})   any config with some fields replaced
 
 The model's frame size and channels are the data's (`cfg.data.size`, `cfg.data.channels`),
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kitchen_lib.checkpoint import CheckpointError, config_differences
+from kitchen_lib.conditioning import ConditioningConfig
 from kitchen_lib.datasets import SMOKE_DATASET_ID, GenerateConfig
 from kitchen_lib.diffusion import DiffusionConfig, SamplerConfig
 from kitchen_lib.model import OBJECTIVES, FrameModel
@@ -37,6 +40,8 @@ class TrainConfig:
     learning_rate: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100  # optimizer steps of linear learning-rate warm-up
+    lr_decay_steps: int | None = None  # cosine decay to lr_final_fraction by this optimizer step (None: constant)
+    lr_final_fraction: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     amp: bool = True  # mixed precision, on CUDA only
@@ -67,6 +72,7 @@ class RunConfig:
     model: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)  # the past, actions, joint state
     sampler: SamplerConfig = field(default_factory=SamplerConfig)  # the run's default way to predict
     generate: GenerateConfig = field(default_factory=GenerateConfig)  # size of our dataset, if it must be made
     preset: str = "cpu"
@@ -75,6 +81,7 @@ class RunConfig:
     def validate(self) -> None:
         self.data.validate()
         self.model.validate(self.data.size)
+        self.conditioning.validate()
         self.diffusion.validate()
         self.train.validate()
         self.sampler.validate()
@@ -89,7 +96,8 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return {"data": asdict(self.data), "model": self.model.to_dict(), "diffusion": asdict(self.diffusion),
-                "train": asdict(self.train), "sampler": asdict(self.sampler), "generate": asdict(self.generate),
+                "train": asdict(self.train), "conditioning": asdict(self.conditioning), "sampler": asdict(self.sampler),
+                "generate": asdict(self.generate),
                 "preset": self.preset}
 
     @classmethod
@@ -99,6 +107,7 @@ class RunConfig:
         train = {k: v for k, v in d["train"].items() if k != "sample_steps"}  # it became the run's sampler
         return cls(data=PairsConfig(**d["data"]), model=UNetConfig.from_dict(d["model"]),
                    diffusion=DiffusionConfig(**(LEGACY_DIFFUSION | d["diffusion"])), train=TrainConfig(**train),
+                   conditioning=ConditioningConfig(**d.get("conditioning", {})),
                    sampler=SamplerConfig(**d.get("sampler", {})), generate=GenerateConfig(**d.get("generate", {})),
                    preset=d.get("preset", "custom"))
 
@@ -110,18 +119,39 @@ LEGACY_DIFFUSION = {"residual": False, "loss_weighting": "none", "min_snr_gamma"
 RESUMABLE_CHANGES = {"epochs", "max_minutes", "num_workers", "device", "log_freq", "log_images", "log_image_every",
                      "checkpoint_freq", "tensorboard_dir", "checkpoint_dir", "amp"}
 
+_SMOKE = {
+    "data": {"dataset": SMOKE_DATASET_ID, "size": 32},
+    "generate": {"episodes": 3, "max_steps": 60},
+    "model": {"base_channels": 16, "channel_mults": (1, 2), "attention_levels": (1,), "time_emb_dim": 32,
+              "time_mlp_dim": 64, "dropout": 0.0},
+    "train": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 5, "ema_decay": 0.9,
+              "log_freq": 2, "log_image_every": 10, "max_minutes": None},
+    "sampler": {"steps": 5},
+}
+
+# What turns a frame-only preset into a world model (bench/ablation.py --preset cpu-world chose it).
+_WORLD = {
+    "conditioning": {"context_frames": 2, "actions": True, "proprio": True},
+    "model": {"adagn": True},
+    "train": {"learning_rate": 1e-3},
+}
+
+
+def _combined(*diffs: dict[str, dict]) -> dict[str, dict]:
+    """Preset differences applied one after another, merged per concern."""
+    out: dict[str, dict] = {}
+    for d in diffs:
+        for group, fields in d.items():
+            out[group] = out.get(group, {}) | fields
+    return out
+
+
 # Each preset: what it is for, and what differs from RunConfig() (the `cpu` preset), per concern.
 PRESETS: dict[str, tuple[str, dict[str, dict]]] = {
     "cpu": ("the course default: 64x64, about 20 minutes of training on a 2-core CPU", {}),
-    "smoke": ("tiny data and model that train in seconds: tests and the notebooks' smoke mode", {
-        "data": {"dataset": SMOKE_DATASET_ID, "size": 32},
-        "generate": {"episodes": 3, "max_steps": 60},
-        "model": {"base_channels": 16, "channel_mults": (1, 2), "attention_levels": (1,), "time_emb_dim": 32,
-                  "time_mlp_dim": 64, "dropout": 0.0},
-        "train": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 5, "ema_decay": 0.9,
-                  "log_freq": 2, "log_image_every": 10, "max_minutes": None},
-        "sampler": {"steps": 5},
-    }),
+    "smoke": ("tiny data and model that train in seconds: tests and the notebooks' smoke mode", _SMOKE),
+    "cpu-world": ("the cpu budget as a world model: the k actions and the previous frames, through AdaGN", _WORLD),
+    "smoke-world": ("the smoke preset as a world model (tests, notebook 08's smoke mode)", _combined(_WORLD, _SMOKE)),
     "seed": ("the original project's 128x128 setup, for a GPU", {
         # The original's: frame size, U-Net (base 32, mults 1,2,3, one res block, attention at
         # 32px, time MLP 512, dropout 0.1), batch 16, learning rate 1e-4, EMA 0.999, no time limit.
@@ -146,7 +176,7 @@ def preset(name: str) -> RunConfig:
 
 def with_overrides(cfg: RunConfig, **groups: dict) -> RunConfig:
     """A copy of cfg with fields replaced per concern, e.g. with_overrides(cfg, train={"epochs": 3})."""
-    unknown = set(groups) - {"data", "model", "diffusion", "train", "sampler", "generate"}
+    unknown = set(groups) - {"data", "model", "diffusion", "train", "conditioning", "sampler", "generate"}
     if unknown:
         raise ValueError(f"no such part of a RunConfig: {sorted(unknown)}")
     parts = {k: replace(getattr(cfg, k), **v) for k, v in groups.items() if v}
@@ -157,8 +187,8 @@ def check_resumable(path: Path, saved: dict, now: RunConfig) -> None:
     """Raise CheckpointError, naming the fields, unless `now` continues the run saved at `path`."""
     now_d = RunConfig.from_dict(now.to_dict()).to_dict()
     saved = RunConfig.from_dict(saved).to_dict()  # read an older layout the way it is read today
-    arch = config_differences(saved["model"], now_d["model"], "model.") + config_differences(
-        saved["diffusion"], now_d["diffusion"], "diffusion.")
+    arch = [d for part in ("model", "diffusion", "conditioning")
+            for d in config_differences(saved[part], now_d[part], f"{part}.")]
     if arch:
         raise CheckpointError(f"{path} was trained with a different architecture; differing fields:\n  " + "\n  ".join(arch)
                               + "\nUse the same model flags (or --preset) as that run, or start a new run in another "
@@ -174,4 +204,6 @@ def check_resumable(path: Path, saved: dict, now: RunConfig) -> None:
 def build_model(cfg: RunConfig) -> FrameModel:
     """The untrained model a config describes, sized for its data."""
     cfg.validate()
-    return FrameModel.build(cfg.model, cfg.data.size, cfg.data.channels, cfg.diffusion, cfg.train.objective)
+    c = cfg.conditioning
+    return FrameModel.build(cfg.model, cfg.data.size, cfg.data.channels, cfg.diffusion, cfg.train.objective,
+                            c.context_frames, c.vector_dim(cfg.data.k), c.context_noise)

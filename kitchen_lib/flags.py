@@ -15,6 +15,7 @@ import math
 import re
 import typing
 
+from kitchen_lib.conditioning import ConditioningConfig
 from kitchen_lib.config import RunConfig, TrainConfig, preset, with_overrides
 from kitchen_lib.datasets import GenerateConfig
 from kitchen_lib.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SAMPLERS, SCHEDULES, DiffusionConfig, SamplerConfig
@@ -23,8 +24,8 @@ from kitchen_lib.pairs import PairsConfig
 from kitchen_lib.render import QUALITIES
 from kitchen_lib.unet import UNetConfig
 
-GROUPS: dict[str, type] = {"data": PairsConfig, "model": UNetConfig, "diffusion": DiffusionConfig,
-                           "train": TrainConfig, "sampler": SamplerConfig, "generate": GenerateConfig}
+GROUPS: dict[str, type] = {"data": PairsConfig, "model": UNetConfig, "diffusion": DiffusionConfig, "train": TrainConfig,
+                           "conditioning": ConditioningConfig, "sampler": SamplerConfig, "generate": GenerateConfig}
 # Where a field's own name would be unclear on a command line shared by several concerns.
 FLAG_NAMES = {("sampler", "name"): "sampler", ("sampler", "steps"): "sampling_steps"}
 CHOICES = {("data", "quality"): QUALITIES, ("diffusion", "schedule"): SCHEDULES, ("diffusion", "prediction"): PREDICTIONS,

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 
 from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
+from kitchen_lib.conditioning import ConditioningConfig, pair_inputs
 from kitchen_lib.config import RunConfig, build_model
 from kitchen_lib.device import pick_device
 from kitchen_lib.diffusion import SamplerConfig
 from kitchen_lib.images import image_grid, to_image, to_tensor
 from kitchen_lib.model import FrameModel
-from kitchen_lib.pairs import PairsCache, build_pairs, spread
+from kitchen_lib.pairs import PairsCache, build_pairs
 from kitchen_lib.unet import channels_last
 
 
@@ -28,19 +29,41 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, current: np.ndarray, sampler: SamplerConfig | None = None, seed: int = 0,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, context: np.ndarray | None = None, vector: np.ndarray | None = None,
+                x0: bool = False) -> np.ndarray:
         """uint8 (B, H, W, C) or (H, W, C) current frames -> predicted future frames, same shape.
 
-        `sampler` defaults to the one the run chose (`config.sampler`)."""
+        `sampler` defaults to the one the run chose (`config.sampler`). A world model also takes
+        its context, uint8 (B, N, H, W, C), and its raw conditioning vector (B, D) (see
+        `conditioning.pair_inputs`). x0=True returns the network's one-step estimate instead."""
         single = current.ndim == 3
-        frames = current[None] if single else current
+        frames, context, vector = (current[None], _batch(context), _batch(vector)) if single else (current, context, vector)
         want = (self.config.data.size, self.config.data.size, self.config.data.channels)
         if frames.shape[1:] != want:
             raise ValueError(f"this model takes frames shaped {want} (H, W, C); got {frames.shape[1:]}")
         g = torch.Generator(device=self.device).manual_seed(seed)
-        out = self.model.predict(to_tensor(frames).to(self.device), sampler or self.config.sampler, g, progress)
+        cur = to_tensor(frames).to(self.device)
+        ctx = None if context is None else to_tensor(context).flatten(1, 2).to(self.device)  # (B, N*C, H, W)
+        vec = None if vector is None else torch.as_tensor(vector, dtype=torch.float32, device=self.device)
+        if x0:
+            out = self.model.predict_x0(cur, g, ctx, vec)
+        else:
+            out = self.model.predict(cur, sampler or self.config.sampler, g, progress, ctx, vec)
         out = to_image(out)
         return out[0] if single else out
+
+    def predict_pairs(self, inputs: dict[str, np.ndarray], sampler: SamplerConfig | None = None, seed: int = 0,
+                      progress: bool = False, x0: bool = False) -> np.ndarray:
+        """Predict from `conditioning.pair_inputs(...)`: current frames and whatever else the model takes."""
+        return self.predict(inputs["current"], sampler, seed, progress, inputs.get("context"), inputs.get("vector"), x0)
+
+    def inputs(self, cache: PairsCache, split: str = "test", max_pairs: int | None = None) -> dict[str, np.ndarray]:
+        """The pairs of a split with what this model is conditioned on (evenly thinned)."""
+        return pair_inputs(cache, split, self.config.conditioning, max_pairs)
+
+    @property
+    def conditioning(self) -> ConditioningConfig:
+        return self.config.conditioning
 
     @property
     def objective(self) -> str:
@@ -87,7 +110,10 @@ def pairs_for(predictor: Predictor, dataset: str | None = None) -> PairsCache:
 def prediction_grid(predictor: Predictor, cache: PairsCache, split: str = "test", n: int = 8,
                     sampler: SamplerConfig | None = None, seed: int = 0, progress: bool = False) -> np.ndarray:
     """A uint8 grid with rows current | predicted | actual for n pairs spread over a split."""
-    rows = spread(cache.frame_indices(split), n, what=f"the {split} split")
-    cur, fut = cache.frames[rows[:, 0]], cache.frames[rows[:, 1]]
-    pred = predictor.predict(np.asarray(cur), sampler, seed=seed, progress=progress)
-    return image_grid([[c, p, f] for c, p, f in zip(cur, pred, fut, strict=True)])
+    inputs = predictor.inputs(cache, split, n)
+    pred = predictor.predict_pairs(inputs, sampler, seed=seed, progress=progress)
+    return image_grid([[c, p, f] for c, p, f in zip(inputs["current"], pred, inputs["future"], strict=True)])
+
+
+def _batch(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.asarray(a)[None]

@@ -50,22 +50,38 @@ def mean_psnr(truths: np.ndarray, preds: np.ndarray, cap: float = PSNR_CAP) -> f
     return float(np.mean([capped_psnr(t, p, cap) for t, p in zip(truths, preds, strict=True)]))
 
 
+def gradient_energy(image: np.ndarray, mask: np.ndarray) -> float:
+    """Sum over the masked pixels of the squared finite-difference gradient (x and y, all channels)."""
+    x = image.astype(np.float32)
+    gy, gx = np.zeros_like(x), np.zeros_like(x)
+    gy[1:], gx[:, 1:] = x[1:] - x[:-1], x[:, 1:] - x[:, :-1]
+    return float(((gx**2 + gy**2).sum(axis=-1))[mask].sum())
+
+
+def sharpness(truth: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> float:
+    """Gradient energy of the prediction over the truth's on the masked pixels: 1 is as sharp as
+    reality, below 1 is blur, above 1 is invented detail or noise."""
+    return gradient_energy(pred, mask) / max(gradient_energy(truth, mask), 1e-6)
+
+
 def frame_scores(current: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """PSNR and SSIM of one prediction, full frame and on the moving pixels (NaN if none move)."""
+    """PSNR and SSIM of one prediction, full frame and on the moving pixels, and its sharpness on
+    the moving pixels (NaN if none move)."""
     smap = ssim_map(truth, pred)
     mask = moving_mask(current, truth)
     scores = {"psnr": capped_psnr(truth, pred), "ssim": float(smap.mean())}
     if mask.any():
         scores["psnr_moving"] = capped_psnr(truth[mask], pred[mask])
         scores["ssim_moving"] = float(smap[mask].mean())
+        scores["sharpness_moving"] = sharpness(truth, pred, mask)
     else:
-        scores["psnr_moving"] = scores["ssim_moving"] = float("nan")
+        scores["psnr_moving"] = scores["ssim_moving"] = scores["sharpness_moving"] = float("nan")
     return scores
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each score over frames (NaN-aware for the moving-pixel scores)."""
-    keys = ("psnr", "ssim", "psnr_moving", "ssim_moving")
+    keys = ("psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving")
     out = {}
     for k in keys:
         vals = np.array([r[k] for r in rows], dtype=float)

@@ -3,7 +3,9 @@
 Like DIAMOND's `Denoiser` or lucidrains' `GaussianDiffusion`, one object answers the two
 questions every caller asks:
 
-    model.loss(current, future)       the training loss on a batch (B, C, H, W) in [-1, 1]
+    model.loss(batch)                 the training loss on a batch: a dict of "current" and
+                                      "future" (B, C, H, W) in [-1, 1], and, for a world model,
+                                      "context" (B, N*C, H, W) and "vector" (B, D)
     model.predict(current, sampler)   future frames from pure noise (or in one pass, for regression)
 
 Two objectives share the network:
@@ -27,40 +29,65 @@ OBJECTIVES = ("diffusion", "regression")
 class FrameModel(nn.Module):
     """Network + diffusion process + objective: predicts the frame k steps ahead."""
 
-    def __init__(self, net: ConditionalUNet, diffusion: Diffusion, objective: str = "diffusion") -> None:
+    def __init__(self, net: ConditionalUNet, diffusion: Diffusion, objective: str = "diffusion",
+                 context_noise: float = 0.0) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}: choose one of {OBJECTIVES}")
-        self.net, self.diffusion, self.objective = net, diffusion, objective
+        self.net, self.diffusion, self.objective, self.context_noise = net, diffusion, objective, context_noise
 
     @classmethod
     def build(cls, unet: UNetConfig, image_size: int, image_channels: int, diffusion: DiffusionConfig,
-              objective: str = "diffusion") -> FrameModel:
-        return cls(ConditionalUNet(unet, image_size, image_channels), Diffusion(diffusion), objective)
+              objective: str = "diffusion", context_frames: int = 0, vector_dim: int = 0,
+              context_noise: float = 0.0) -> FrameModel:
+        net = ConditionalUNet(unet, image_size, image_channels, context_frames, vector_dim)
+        return cls(net, Diffusion(diffusion), objective, context_noise)
 
     def with_net(self, net: nn.Module) -> FrameModel:
         """The same process and objective around other weights (e.g. the EMA copy)."""
-        return FrameModel(net, self.diffusion, self.objective)
+        return FrameModel(net, self.diffusion, self.objective, self.context_noise)
 
-    def loss(self, current: torch.Tensor, future: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean training loss of a batch; `generator` draws the timesteps and noise."""
+        current, future, context = batch["current"], batch["future"], batch.get("context")
+        if context is not None and self.context_noise > 0 and self.training:
+            context = context + self.context_noise * torch.randn(context.shape, device=context.device, generator=generator)
+        denoiser = self._denoiser(context, batch.get("vector"))
         if self.objective == "regression":
-            return torch.mean((self._regress(current).float() - future) ** 2)
-        return self.diffusion.training_loss(self.net, future, current, generator=generator)
+            return torch.mean((self._regress(denoiser, current).float() - future) ** 2)
+        return self.diffusion.training_loss(denoiser, future, current, generator=generator)
 
     @torch.no_grad()
     def predict(self, current: torch.Tensor, sampler: SamplerConfig | None = None,
-                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """(B, C, H, W) current frames in [-1, 1] -> predicted future frames, same shape and range."""
+                generator: torch.Generator | None = None, progress: bool = False,
+                context: torch.Tensor | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) current frames in [-1, 1] -> predicted future frames, same shape and range.
+        A world model also takes its context frames (B, N*C, H, W) and vector (B, D)."""
+        denoiser = self._denoiser(context, vector)
         if self.objective == "regression":
-            return self._regress(current).clamp(-1, 1)  # deterministic: the sampler does not apply
-        return self.diffusion.sample(self.net, current, sampler or SamplerConfig(), generator=generator, progress=progress)
+            return self._regress(denoiser, current).clamp(-1, 1)  # deterministic: the sampler does not apply
+        return self.diffusion.sample(denoiser, current, sampler or SamplerConfig(), generator=generator, progress=progress)
+
+    @torch.no_grad()
+    def predict_x0(self, current: torch.Tensor, generator: torch.Generator | None = None,
+                   context: torch.Tensor | None = None, vector: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's one-step estimate of the future frame from pure noise (t = T-1): for an
+        x0 model the conditional mean it has learnt, the blurriest and highest-PSNR guess."""
+        if self.objective == "regression":
+            return self.predict(current, context=context, vector=vector)
+        return self.diffusion.sample(self._denoiser(context, vector), current, SamplerConfig("ddim", 1), generator=generator)
 
     def network_calls(self, sampler: SamplerConfig) -> int:
         """Network passes one prediction costs."""
         return 1 if self.objective == "regression" else sampler.calls(self.diffusion.T)
 
-    def _regress(self, current: torch.Tensor) -> torch.Tensor:
+    def _denoiser(self, context: torch.Tensor | None, vector: torch.Tensor | None):
+        """The network as the diffusion process calls it, model(x_t, t, current), with the rest bound."""
+        if context is None and vector is None:
+            return self.net
+        return lambda x_t, t, current: self.net(x_t, t, current, context, vector)
+
+    def _regress(self, denoiser, current: torch.Tensor) -> torch.Tensor:
         t0 = torch.zeros(current.shape[0], dtype=torch.long, device=current.device)
-        out = self.net(torch.zeros_like(current), t0, current)
+        out = denoiser(torch.zeros_like(current), t0, current)
         return current + out if self.diffusion.cfg.residual else out

@@ -25,6 +25,7 @@ class Rollout:
     truth: np.ndarray  # (horizon + 1, H, W, C) uint8
     env_steps: np.ndarray  # (horizon + 1,) env step of each frame
     psnr: np.ndarray  # (horizon + 1,) dB, capped
+    hold_psnr: np.ndarray  # (horizon + 1,) dB of holding the start frame still: the bar to clear
 
     def side_by_side(self, pad: int = 2) -> np.ndarray:
         """(horizon + 1, H, 3W + 2 pad, C) frames: truth | prediction | |difference| (x3, brighter)."""
@@ -39,10 +40,14 @@ def max_horizon(num_frames: int, start: int, k: int) -> int:
 
 
 def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizon: int,
-            sampler: SamplerConfig | None = None, seed: int = 0) -> Rollout:
+            sampler: SamplerConfig | None = None, seed: int = 0, actions: np.ndarray | None = None,
+            proprio: np.ndarray | None = None) -> Rollout:
     """Predict `horizon` jumps of k env steps from episode_frames[start], feeding predictions back.
 
-    `sampler` defaults to the one the model's run chose."""
+    `sampler` defaults to the one the model's run chose. A world model's context is the true
+    frames up to `start`, then its own predictions; it is driven by per-step `actions` (T, 9)
+    and `proprio` (T+1, 9) (the recorded ones, or another episode's: "what if the robot had
+    done that instead")."""
     k = predictor.k
     limit = max_horizon(len(episode_frames), start, k)
     if not 0 <= start < len(episode_frames):
@@ -50,14 +55,27 @@ def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizo
     if horizon < 1 or horizon > limit:
         raise ValueError(f"horizon {horizon} does not fit: from step {start}, this {len(episode_frames) - 1}-step episode "
                          f"has room for 1..{limit} rollout steps of k={k}")
+    cond = predictor.conditioning
+    if (cond.actions and actions is None) or (cond.proprio and proprio is None):
+        raise ValueError("this model is conditioned on actions/joint state: pass the episode's (rollout(..., actions=, proprio=))")
+    if cond.actions and len(actions) < start + k * horizon:
+        raise ValueError(f"{len(actions)} actions do not cover {horizon} rollout steps of k={k} from step {start}")
     frames = [episode_frames[start]]
     for i in range(horizon):
-        frames.append(predictor.predict(frames[-1], sampler, seed=seed + i))
+        t = start + i * k  # env step of the current frame
+        context = None
+        if cond.context_frames:  # true frames before the start, the rollout's own after it
+            steps = [max(t - k * j, 0) for j in range(cond.context_frames, 0, -1)]
+            context = np.stack([frames[(s - start) // k] if s >= start else episode_frames[s] for s in steps])
+        parts = ([actions[t : t + k].reshape(-1)] if cond.actions else []) + ([proprio[t]] if cond.proprio else [])
+        vector = np.concatenate(parts).astype(np.float32) if parts else None
+        frames.append(predictor.predict(frames[-1], sampler, seed=seed + i, context=context, vector=vector))
     idx = start + k * np.arange(horizon + 1)
     truth = np.asarray(episode_frames[idx])
     pred = np.stack(frames)
     scores = np.array([capped_psnr(t, p) for t, p in zip(truth, pred, strict=True)])
-    return Rollout(pred, truth, idx, scores)
+    hold = np.array([capped_psnr(t, truth[0]) for t in truth])
+    return Rollout(pred, truth, idx, scores, hold)
 
 
 def save_animation(frames: np.ndarray, path: str | Path, fps: float = 4.0, scale: int = 2) -> Path:

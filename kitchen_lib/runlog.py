@@ -64,15 +64,30 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
         tmp.write_text("".join(line + "\n" for line in keep))
 
 
-def add_graph(writer, net: torch.nn.Module, image_size: int, image_channels: int, device: torch.device) -> None:
-    """Trace the network once for TensorBoard's graph tab."""
-    x = torch.zeros(1, image_channels, image_size, image_size, device=device)
+def add_graph(writer, net: torch.nn.Module, example: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Trace the network once for TensorBoard's graph tab, on one example pair (a dataset item)."""
+    ex = {k: v[None].to(device) for k, v in example.items()}
+    inputs = (torch.zeros_like(ex["current"]), torch.zeros(1, dtype=torch.long, device=device), ex["current"],
+              *[ex[k] for k in ("context", "vector") if k in ex])
+    if "vector" in ex and "context" not in ex:  # the vector is the fifth argument
+        inputs = (*inputs[:3], None, inputs[3])
     was_training = net.training
     net.eval()
     with warnings.catch_warnings():  # tracing warns about the input-shape check; harmless
         warnings.simplefilter("ignore")
-        writer.add_graph(net, (x, torch.zeros(1, dtype=torch.long, device=device), x))
+        writer.add_graph(_Positional(net, inputs[3:]), inputs[:3])
     net.train(was_training)
+
+
+class _Positional(torch.nn.Module):
+    """The network with its optional inputs bound, so the tracer sees three tensors."""
+
+    def __init__(self, net: torch.nn.Module, extra: tuple) -> None:
+        super().__init__()
+        self.net, self.extra = net, extra
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return self.net(x_t, t, current, *self.extra)
 
 
 def add_hparams(writer, config: dict, final_val_loss: float, best_val_loss: float) -> None:

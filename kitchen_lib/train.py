@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,12 @@ from tqdm.auto import tqdm
 
 from kitchen_lib import runlog
 from kitchen_lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from kitchen_lib.config import RunConfig, build_model, check_resumable, preset, with_overrides
+from kitchen_lib.conditioning import ConditionedPairs
+from kitchen_lib.config import RunConfig, TrainConfig, build_model, check_resumable, preset, with_overrides
 from kitchen_lib.datasets import ensure_dataset
 from kitchen_lib.device import pick_device
 from kitchen_lib.inference import Predictor, prediction_grid
-from kitchen_lib.pairs import FramePairs, build_pairs
+from kitchen_lib.pairs import build_pairs
 from kitchen_lib.runs import find_checkpoint, regression_beside, resolve_checkpoint
 from kitchen_lib.unet import channels_last, count_parameters
 
@@ -37,6 +39,17 @@ class TrainingDiverged(RuntimeError):
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
+
+
+def lr_factor(tc: TrainConfig, step: int) -> float:
+    """Learning-rate multiplier at optimizer step `step`: linear warm-up, then constant or a
+    cosine decay to `lr_final_fraction` over `lr_decay_steps` (counted in steps, not minutes,
+    so a resumed run follows the same curve)."""
+    warm = min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    if not tc.lr_decay_steps:
+        return warm
+    done = min(1.0, max(0, step - tc.warmup_steps) / max(1, tc.lr_decay_steps - tc.warmup_steps))
+    return warm * (tc.lr_final_fraction + (1 - tc.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * done)))
 
 
 @dataclass
@@ -73,17 +86,20 @@ class Trainer:
                 f"or choose another --checkpoint_dir. Nothing was overwritten.")
 
         self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild, progress=progress)
-        self.train_set, self.val_set = FramePairs(self.cache, "train"), FramePairs(self.cache, "val")
+        self.train_set = ConditionedPairs(self.cache, "train", cfg.conditioning)
+        self.val_set = ConditionedPairs(self.cache, "val", cfg.conditioning)
         if len(self.train_set) < tc.batch_size:
             raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.batch_size}")
 
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg)
+        if self.model.net.vector_dim:  # the actions' and joint state's scale, from the training episodes
+            self.model.net.set_vector_stats(*map(torch.from_numpy, self.train_set.vector_stats()))
         self.model.net = channels_last(self.model.net.to(self.device))
         self.ema = AveragedModel(self.model.net, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
         self.ema_model = self.model.with_net(self.ema.module)
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, partial(lr_factor, tc))
         self.use_amp = tc.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
@@ -145,12 +161,12 @@ class Trainer:
         g = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 12345)
         loader = torch.utils.data.DataLoader(self.val_set, batch_size=max(self.cfg.train.batch_size, 32))
         total, n = 0.0, 0
-        for cur, fut in loader:
-            cur, fut = cur.to(self.device), fut.to(self.device)
+        for batch in loader:
+            batch = {key: v.to(self.device) for key, v in batch.items()}
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                loss = self.ema_model.loss(cur, fut, g)
-            total += float(loss) * len(cur)
-            n += len(cur)
+                loss = self.ema_model.loss(batch, g)
+            total += float(loss) * len(batch["current"])
+            n += len(batch["current"])
         return total / max(n, 1)
 
     def sample_grid(self, n: int = 4) -> np.ndarray:
@@ -168,7 +184,7 @@ class Trainer:
         fresh = self.opt_step == 0
         writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
         if fresh:
-            runlog.add_graph(writer, self.model.net, self.cfg.data.size, self.cfg.data.channels, self.device)
+            runlog.add_graph(writer, self.model.net, self.val_set[0], self.device)
         t0, samples, stopped_early = time.time(), 0, False
         deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
         bar = tqdm(total=tc.epochs * self.batches_per_epoch, initial=self.epoch * self.batches_per_epoch + self.batch_in_epoch,
@@ -176,10 +192,10 @@ class Trainer:
         try:
             while self.epoch < tc.epochs and not stopped_early:
                 self.model.train()
-                for i, (cur, fut) in self._batches(self.epoch, self.batch_in_epoch):
-                    loss, gnorm = self._train_step(cur.to(self.device), fut.to(self.device))
+                for i, batch in self._batches(self.epoch, self.batch_in_epoch):
+                    loss, gnorm = self._train_step({key: v.to(self.device) for key, v in batch.items()})
                     self.batch_in_epoch = i + 1
-                    samples += len(cur)
+                    samples += len(batch["current"])
                     self._log_step(loss, gnorm, writer)
                     bar.update()
                     bar.set_postfix(loss=f"{loss:.4f}", epoch=self.epoch)
@@ -200,12 +216,12 @@ class Trainer:
         return TrainResult(self.ckpt_dir, self.tb_dir, self.epoch, self.opt_step, self.last_val, self.best_val, seconds,
                            samples / max(seconds, 1e-9), stopped_early, count_parameters(self.model.net))
 
-    def _train_step(self, cur: torch.Tensor, fut: torch.Tensor) -> tuple[float, float]:
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            loss = self.model.loss(cur, fut, self.noise_gen)
+            loss = self.model.loss(batch, self.noise_gen)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"loss became {float(loss)} at optimizer step {self.opt_step + 1} (epoch {self.epoch}); stopped without "
+                f"loss became {loss.item()} at optimizer step {self.opt_step + 1} (epoch {self.epoch}); stopped without "
                 f"saving. The last good checkpoints in {self.ckpt_dir} are intact: lower --learning_rate and resume from one.")
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

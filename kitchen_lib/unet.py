@@ -38,6 +38,7 @@ class UNetConfig:
     groups: int = 8  # GroupNorm groups
     heads: int = 4  # attention heads
     zero_init: bool = True  # start every res block, attention and the output at zero (see _zero_init)
+    adagn: bool = False  # the embedding scales and shifts each res block's second norm, rather than only shifting
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -98,11 +99,21 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, groups: int) -> None:
+    """Two convolutions on a residual branch, told the time step (and any conditioning) by `emb`.
+
+    Plain: emb shifts every channel after the first convolution. AdaGN (adagn=True, as in ADM
+    and DIAMOND): emb gives a scale and a shift of the second normalisation, x * (1 + s) + b,
+    zero at start so the block begins as if unconditioned."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float, groups: int, adagn: bool = False) -> None:
         super().__init__()
+        self.adagn = adagn
         self.norm1 = nn.GroupNorm(groups, c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out)
+        self.emb = nn.Linear(emb_dim, 2 * c_out if adagn else c_out)
+        if adagn:
+            nn.init.zeros_(self.emb.weight)
+            nn.init.zeros_(self.emb.bias)
         self.norm2 = nn.GroupNorm(groups, c_out)
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -110,8 +121,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb))[:, :, None, None]  # the time step shifts every channel
-        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        e = self.emb(F.silu(emb))[:, :, None, None]
+        if self.adagn:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.drop(F.silu(h)))
         return h + self.skip(x)
 
 
@@ -138,22 +154,34 @@ class Level(nn.Module):
 
     def __init__(self, chans: list[tuple[int, int]], emb_dim: int, cfg: UNetConfig, attend: bool) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(ResBlock(i, o, emb_dim, cfg.dropout, cfg.groups) for i, o in chans)
+        self.blocks = nn.ModuleList(ResBlock(i, o, emb_dim, cfg.dropout, cfg.groups, cfg.adagn) for i, o in chans)
         self.attn = nn.ModuleList(Attention(o, cfg.heads, cfg.groups) if attend else nn.Identity() for _, o in chans)
 
 
 class ConditionalUNet(nn.Module):
-    """(noisy future frame, t, current frame) -> prediction, all (B, C, H, W) but t (B,)."""
+    """(noisy future frame, t, current frame[, context frames][, vector]) -> prediction.
 
-    def __init__(self, cfg: UNetConfig | None = None, image_size: int = 64, image_channels: int = 3) -> None:
+    Frames are (B, C, H, W), the context (B, N*C, H, W), t (B,), the vector (B, D): the
+    conditioning vector (actions, joint state) is normalised with statistics kept as buffers,
+    projected and added to the timestep's sinusoidal features before the time MLP."""
+
+    def __init__(self, cfg: UNetConfig | None = None, image_size: int = 64, image_channels: int = 3,
+                 context_frames: int = 0, vector_dim: int = 0) -> None:
         super().__init__()
         cfg = cfg or UNetConfig()
         cfg.validate(image_size)
         self.cfg, self.image_size, self.image_channels = cfg, image_size, image_channels
+        self.context_frames, self.vector_dim = context_frames, vector_dim
         self.out_channels = image_channels
         emb_dim = cfg.time_mlp_dim
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.inp = nn.Conv2d(2 * image_channels, cfg.base_channels, 3, padding=1)
+        if vector_dim:
+            self.register_buffer("vector_mean", torch.zeros(vector_dim))
+            self.register_buffer("vector_std", torch.ones(vector_dim))
+            # Not zero-initialised: the res blocks' zero-initialised outputs (or AdaGN layers)
+            # already make the start unconditioned, and a second zero would stall its gradient.
+            self.vector_proj = nn.Linear(vector_dim, cfg.time_emb_dim)
+        self.inp = nn.Conv2d((2 + context_frames) * image_channels, cfg.base_channels, 3, padding=1)
 
         chans = [cfg.base_channels * m for m in cfg.channel_mults]
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -170,9 +198,9 @@ class ConditionalUNet(nn.Module):
             if not last:
                 skips.append(c)
 
-        self.mid1 = ResBlock(c, c, emb_dim, cfg.dropout, cfg.groups)
+        self.mid1 = ResBlock(c, c, emb_dim, cfg.dropout, cfg.groups, cfg.adagn)
         self.mid_attn = Attention(c, cfg.heads, cfg.groups)
-        self.mid2 = ResBlock(c, c, emb_dim, cfg.dropout, cfg.groups)
+        self.mid2 = ResBlock(c, c, emb_dim, cfg.dropout, cfg.groups, cfg.adagn)
 
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, co in reversed(list(enumerate(chans))):
@@ -196,14 +224,20 @@ class ConditionalUNet(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x_t, cond: (B, C, H, W); t: (B,) integer steps -> (B, C, H, W)."""
-        want = (self.image_channels, self.image_size, self.image_size)
-        if x_t.shape != cond.shape or x_t.shape[1:] != want:
-            raise ValueError(f"expected noisy and current frames shaped (B, {', '.join(map(str, want))}); "
-                             f"got {tuple(x_t.shape)} and {tuple(cond.shape)}")
-        emb = self.time_mlp(sinusoidal_embedding(t, self.cfg.time_emb_dim))
-        x = torch.cat([x_t, cond], dim=1)
+    def set_vector_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The training split's mean and std of the conditioning vector (kept in the checkpoint)."""
+        self.vector_mean.copy_(torch.as_tensor(mean))
+        self.vector_std.copy_(torch.as_tensor(std))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None,
+                vector: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t, cond: (B, C, H, W); t: (B,) integer steps; context (B, N*C, H, W); vector (B, D) -> (B, C, H, W)."""
+        self._check_inputs(x_t, cond, context, vector)
+        feats = sinusoidal_embedding(t, self.cfg.time_emb_dim)
+        if self.vector_dim:
+            feats = feats + self.vector_proj((vector - self.vector_mean) / self.vector_std)
+        emb = self.time_mlp(feats)
+        x = torch.cat([x_t, cond] if context is None else [x_t, context, cond], dim=1)
         if self.inp.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)  # match the weights' layout (see channels_last)
         h = self.inp(x)
@@ -221,6 +255,19 @@ class ConditionalUNet(nn.Module):
                 h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
             h = up(h)
         return self.out(h)
+
+    def _check_inputs(self, x_t, cond, context, vector) -> None:
+        want = (self.image_channels, self.image_size, self.image_size)
+        if x_t.shape != cond.shape or x_t.shape[1:] != want:
+            raise ValueError(f"expected noisy and current frames shaped (B, {', '.join(map(str, want))}); "
+                             f"got {tuple(x_t.shape)} and {tuple(cond.shape)}")
+        if self.context_frames and (context is None or context.shape[1] != self.context_frames * self.image_channels):
+            got = None if context is None else tuple(context.shape)
+            raise ValueError(f"this model needs {self.context_frames} context frames, (B, "
+                             f"{self.context_frames * self.image_channels}, H, W); got {got}")
+        if self.vector_dim and (vector is None or vector.shape[-1] != self.vector_dim):
+            got = None if vector is None else tuple(vector.shape)
+            raise ValueError(f"this model needs a conditioning vector (B, {self.vector_dim}); got {got}")
 
 
 def channels_last(model: nn.Module) -> nn.Module:

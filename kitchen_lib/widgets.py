@@ -12,6 +12,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from kitchen_lib.baselines import copy_frame
+from kitchen_lib.conditioning import episode_vectors, step_inputs
 from kitchen_lib.diffusion import SAMPLERS, SamplerConfig
 from kitchen_lib.images import difference_image, png_bytes
 from kitchen_lib.metrics import capped_psnr
@@ -76,14 +77,21 @@ class PredictionDemo(widgets.VBox):
         self.rollout_button = widgets.Button(description=f"Rollout {rollout_horizon} steps", icon="play")
         self.rollout_view = widgets.Image(format="gif")
         self.rollout_info = widgets.Label()
+        # A world model is told the actions: from this episode, or another's ("what if").
+        self.world = predictor.conditioning.actions
+        self.actions_from = widgets.Dropdown(options=[("this episode", None)] + [(f"episode {e['index']}", e["index"])
+                                                                                 for e in eps],
+                                             value=None, description="actions of")
+        self.actions_info = widgets.Label()
         self.last: dict[str, float] = {}
         self.episode.observe(self._on_episode, names="value")
-        for w in (self.slider, self.sampler, self.steps):
+        for w in (self.slider, self.sampler, self.steps, self.actions_from):
             w.observe(self._refresh, names="value")
         self.rollout_button.on_click(self.run_rollout)
+        world_row = [widgets.HBox([self.actions_from, self.actions_info])] if self.world else []
         super().__init__([
             widgets.HBox([self.episode, self.sampler, self.steps]),
-            widgets.HBox([self.play, self.slider]),
+            widgets.HBox([self.play, self.slider]), *world_row,
             widgets.HBox(panels), self.info,
             widgets.HBox([self.rollout_button, self.rollout_info]), self.rollout_view,
         ])
@@ -109,11 +117,20 @@ class PredictionDemo(widgets.VBox):
         import time
 
         self.steps.disabled = self.sampler.value == "ddpm"
-        frames, t = self._frames(), self.slider.value
-        current, actual = frames[t], frames[t + self.k]
+        t = self.slider.value
+        try:
+            inputs = step_inputs(self.cache, self.episode.value, t, self.predictor.conditioning, self.actions_from.value)
+        except ValueError as e:  # the other episode is shorter
+            self.info.value = str(e)
+            return
+        current, actual = inputs["current"], inputs["future"]
+        if self.world:
+            chunk = inputs["vector"][: self.k * 9].reshape(self.k, 9)
+            self.actions_info.value = "actions (arm joints 1-7, fingers) per step: " + " | ".join(
+                " ".join(f"{a:+.1f}" for a in row) for row in chunk)
         t0 = time.perf_counter()
         sampler = self.sampler_config()
-        pred = self.predictor.predict(current, sampler, seed=t)
+        pred = self.predictor.predict(current, sampler, seed=t, context=inputs.get("context"), vector=inputs.get("vector"))
         seconds = time.perf_counter() - t0
         for img, frame in zip(self.images, (current, pred, actual, difference_image(pred, actual)), strict=True):
             img.value = png_bytes(frame, self._scale)
@@ -133,7 +150,16 @@ class PredictionDemo(widgets.VBox):
         if horizon < 1:
             self.rollout_info.value = "too close to the episode's end for a rollout: move the slider back"
             return
-        r = rollout(self.predictor, frames, t, horizon, self.sampler_config(), seed=t)
+        actions = proprio = None
+        if self.predictor.conditioning.actions or self.predictor.conditioning.proprio:
+            actions, proprio = episode_vectors(self.cache, self.episode.value)
+            if self.actions_from.value is not None:
+                actions = episode_vectors(self.cache, self.actions_from.value)[0]
+                horizon = min(horizon, (len(actions) - t) // self.k)
+                if horizon < 1:
+                    self.rollout_info.value = f"episode {self.actions_from.value} has no actions this late"
+                    return
+        r = rollout(self.predictor, frames, t, horizon, self.sampler_config(), seed=t, actions=actions, proprio=proprio)
         big = np.repeat(np.repeat(r.side_by_side(), self._scale, 1), self._scale, 2)
         self.rollout_view.value = iio.imwrite("<bytes>", big, extension=".gif", duration=500, loop=0)
         self.rollout_info.value = (f"truth | prediction | difference, {horizon} steps of k={self.k} from step {t}; "

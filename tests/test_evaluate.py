@@ -55,9 +55,9 @@ def test_copy_baseline_from_evaluate_equals_direct_computation(models, small_pai
         direct.append(min(peak_signal_noise_ratio(fut, cur, data_range=255), PSNR_CAP) if not np.array_equal(cur, fut) else PSNR_CAP)
     assert result["pairs"] == len(rows)
     assert result["methods"]["copy"]["psnr"] == pytest.approx(np.mean(direct), rel=1e-9)
-    assert set(result["methods"]) == {"diffusion", "copy", "regression"}
+    assert set(result["methods"]) == {"diffusion", "diffusion_mean", "diffusion_x0", "copy", "regression"}
     for m in result["methods"].values():
-        assert {"psnr", "ssim", "psnr_moving", "ssim_moving", "seconds_per_frame"} <= set(m)
+        assert {"psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving", "seconds_per_frame"} <= set(m)
     assert set(result["per_task"]) == {"microwave", "kettle", "light switch", "slide cabinet"}
     assert regression_beside(diffusion) == regression
 

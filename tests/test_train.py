@@ -13,7 +13,7 @@ import torch
 from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
 from kitchen_lib.config import LEGACY_DIFFUSION, RunConfig, build_model, preset, with_overrides
 from kitchen_lib.runlog import read_metrics
-from kitchen_lib.train import Trainer, TrainingDiverged, train
+from kitchen_lib.train import Trainer, TrainingDiverged, lr_factor, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -35,7 +35,7 @@ def sha(path):
 def _cli_train(small_dataset, ckpt_dir, *extra):
     return [sys.executable, "-m", "kitchen_lib", "train", "--preset", "smoke", "--dataset", small_dataset,
             "--checkpoint_dir", str(ckpt_dir), "--tensorboard_log_dir", str(ckpt_dir / "tb"), "--epochs", "12",
-            "--checkpoint_freq", "1", "--no-log_images", *extra]
+            "--checkpoint_freq", "1", "--no-log_images", "--lr_decay_steps", "60", *extra]
 
 
 def test_kill_and_resume_continues_as_if_never_stopped(small_pairs, small_dataset, tmp_path):
@@ -197,3 +197,15 @@ def test_every_preset_is_a_working_configuration():
     assert gray.net.inp.in_channels == 2 and gray.net.image_size == 32  # derived from the data, never set twice
     with pytest.raises(ValueError, match="unknown preset"):
         preset("gpu")
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor_by_the_step_asked():
+    tc = preset("cpu").train
+    flat = [lr_factor(tc, s) for s in range(0, 3 * tc.warmup_steps)]
+    assert flat[0] < 0.05 and flat[tc.warmup_steps - 1] == 1.0 and set(flat[tc.warmup_steps:]) == {1.0}
+    decay = with_overrides(preset("cpu"), train={"lr_decay_steps": 1000, "lr_final_fraction": 0.1}).train
+    f = np.array([lr_factor(decay, s) for s in range(1200)])
+    assert f[decay.warmup_steps - 1] == pytest.approx(1.0)
+    assert np.all(np.diff(f[decay.warmup_steps:]) <= 1e-12)  # never rises again
+    assert f[550] == pytest.approx(0.55, abs=1e-6)  # half way down the cosine
+    assert np.allclose(f[1000:], 0.1)
