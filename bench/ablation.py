@@ -63,6 +63,7 @@ WORLD_VARIANTS: dict[str, dict[str, dict]] = {
     "actions + joints, no past frames": {"conditioning": NO_PAST},
     "  + 4 past frames": {"conditioning": {"context_frames": 4}},
     "  + noise 0.1 on past frames": {"conditioning": {"context_noise": 0.1}},
+    "  + timesteps biased to high noise (power 0.5)": {"diffusion": {"timestep_power": 0.5}},
     "past frames only, no actions (frame-only cpu + context)": {"conditioning": {"actions": False, "proprio": False},
                                                                 "model": {"adagn": False}},
 }

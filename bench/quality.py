@@ -36,18 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 
-from kitchen_lib.conditioning import episode_vectors  # noqa: E402
 from kitchen_lib.config import preset, with_overrides  # noqa: E402
 from kitchen_lib.diffusion import SamplerConfig  # noqa: E402
 from kitchen_lib.evaluate import evaluate, format_table, plot_time_to_quality  # noqa: E402
 from kitchen_lib.inference import load_predictor  # noqa: E402
 from kitchen_lib.pairs import build_pairs  # noqa: E402
 from kitchen_lib.paths import atomic_path, data_dir  # noqa: E402
-from kitchen_lib.rollout import rollout  # noqa: E402
+from kitchen_lib.rollout import mean_rollouts  # noqa: E402
 from kitchen_lib.train import Trainer  # noqa: E402
 
 SAMPLERS = [SamplerConfig("ddpm"), SamplerConfig("ddim", 50), SamplerConfig("ddim", 20), SamplerConfig("ddim", 10),
@@ -71,21 +69,6 @@ def seconds_per_frame(predictor, one: dict, sampler: SamplerConfig) -> float:
 
 
 TARGETS = {"cpu": {"psnr": 1.0, "psnr_moving": 3.0}, "cpu-world": {"psnr": 3.0, "psnr_moving": 6.0}}
-
-
-def world_rollouts(pred, cache, starts: int, horizon: int = 10) -> dict:
-    """Mean PSNR per rollout step on the recorded actions, against holding the start frame."""
-    runs = []
-    for ep in cache.meta["splits"]["test"]:
-        frames = cache.episode_frames(ep)
-        actions, proprio = episode_vectors(cache, ep)
-        last = len(frames) - 1 - horizon * pred.k
-        for start in np.linspace(0, last, starts).astype(int):
-            runs.append(rollout(pred, frames, int(start), horizon, seed=int(start), actions=actions, proprio=proprio))
-    model = np.mean([r.psnr for r in runs], axis=0)[1:]
-    hold = np.mean([r.hold_psnr for r in runs], axis=0)[1:]
-    return {"rollouts": len(runs), "horizon": horizon, "psnr": model.tolist(), "hold_psnr": hold.tolist(),
-            "beats_hold_every_step": bool(np.all(model > hold))}
 
 
 def main() -> None:
@@ -147,7 +130,7 @@ def main() -> None:
     if "diffusion_shuffled_actions" in m:
         res["final"]["delta_psnr_moving"] = m["diffusion"]["psnr_moving"] - m["diffusion_shuffled_actions"]["psnr_moving"]
         res["delta_psnr_met"] = res["final"]["delta_psnr_moving"] >= 2
-        res["rollout"] = world_rollouts(pred, cache, a.rollout_starts)
+        res["rollout"] = mean_rollouts(pred, cache, "test", a.rollout_starts)
     # The mean of 4 samples costs 4 more: on the curve's pairs only.
     ev = evaluate(pred, cache, "test", sampler, max_pairs=a.curve_pairs, progress=False, mean_of=4, x0=False, shuffled=False)
     res["mean_of_4"] = {"pairs": ev["pairs"], "diffusion": ev["methods"]["diffusion"], "diffusion_mean": ev["methods"]["diffusion_mean"],

@@ -8,13 +8,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import traceback
+from pathlib import Path
 
 from kitchen_lib import flags
 from kitchen_lib.config import PRESETS
 from kitchen_lib.datasets import D4RL_DATASET_IDS, OFFLINE_DATASET_ID, DatasetError, generate_dataset, open_dataset
+from kitchen_lib.paths import check_writable
 from kitchen_lib.render import DEFAULT_QUALITY, QUALITIES
+
+
+def _at_least(lowest: float, kind: type = int):
+    """An argparse type: a number of `kind` no smaller than `lowest` (the message names the flag)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole number' if kind is int else 'number'}, got {text!r}") from None
+        if not value >= lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest:g} (got {text})")
+        return value
+    return parse
+
+
+def _device(text: str) -> str:
+    from kitchen_lib.device import check_device
+
+    try:
+        return check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> float:
+    value = _at_least(0.0, float)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be positive (got {text})")
+    return value
+
+
+def _output(*suffixes: str):
+    """An argparse type for a file to write: one of `suffixes`, in a folder that can be written."""
+    def parse(text: str) -> str:
+        path = Path(text)
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r}: the file name must end in {' or '.join(suffixes)}")
+        try:
+            check_writable(path.parent, "the output file")
+        except PermissionError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
+        return text
+    return parse
 
 
 def cmd_quickstart(a: argparse.Namespace) -> None:
@@ -69,9 +118,11 @@ def cmd_pairs(a: argparse.Namespace) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from kitchen_lib.train import train
 
-    cfg = _config_with_dataset(a)
     resume = None if a.resume_from_checkpoint in (None, "none") else a.resume_from_checkpoint
-    r = train(cfg, resume=resume, force_rebuild=a.force_rebuild)
+    if resume and a.overwrite:
+        raise ValueError("--overwrite starts the run over and --resume_from_checkpoint continues it: choose one")
+    cfg = _config_with_dataset(a)
+    r = train(cfg, resume=resume, force_rebuild=a.force_rebuild, overwrite=a.overwrite)
     print(f"{'stopped early' if r.stopped_early else 'done'}: {r.epochs_done} epochs, {r.optimizer_steps} optimizer steps "
           f"in {r.seconds / 60:.1f} min ({r.samples_per_second:.1f} samples/s, {r.parameters:,} parameters); "
           f"validation loss final {r.final_val_loss:.5f}, best {r.best_val_loss:.5f}")
@@ -120,19 +171,11 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_rollout(a: argparse.Namespace) -> None:
-    from kitchen_lib.conditioning import episode_vectors
     from kitchen_lib.paths import atomic_path
-    from kitchen_lib.rollout import rollout, save_animation
+    from kitchen_lib.rollout import rollout_episode, save_animation
 
     predictor, sampler, cache = _load(a)
-    actions = proprio = None
-    if predictor.conditioning.actions or predictor.conditioning.proprio:
-        actions, proprio = episode_vectors(cache, a.episode)
-        if a.actions_of is not None:
-            actions = episode_vectors(cache, a.actions_of)[0]
-    elif a.actions_of is not None:
-        raise ValueError("--actions_of needs an action-conditioned model (e.g. --preset cpu-world)")
-    r = rollout(predictor, cache.episode_frames(a.episode), a.start, a.horizon, sampler, a.seed, actions, proprio)
+    r = rollout_episode(predictor, cache, a.episode, a.start, a.horizon, sampler, a.seed, a.actions_of)
     out = save_animation(r.side_by_side(), a.out, fps=a.fps)
     driven = f", driven by episode {a.actions_of}'s actions" if a.actions_of is not None else ""
     print(f"wrote {out}: {a.horizon} steps of k={predictor.k} from step {a.start} of episode {a.episode}{driven} "
@@ -156,7 +199,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, type=_device, help="auto (default), cpu, cuda, cuda:N or mps")
     flags.add_config_flags(p, ["sampler"])
 
 
@@ -183,11 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=OFFLINE_DATASET_ID,
                    help=f"Minari dataset id: ours ({OFFLINE_DATASET_ID}) or D4RL's ({', '.join(D4RL_DATASET_IDS)})")
     p.add_argument("--download", action="store_true", help="download a D4RL dataset if it is not local (needs internet)")
-    p.add_argument("--episode", type=int, default=0)
-    p.add_argument("--step", type=int, default=0, help="the env step of the frame")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--episode", type=_at_least(0), default=0)
+    p.add_argument("--step", type=_at_least(0), default=0, help="the env step of the frame")
+    p.add_argument("--size", type=_at_least(1), default=128)
     p.add_argument("--quality", choices=QUALITIES, default=DEFAULT_QUALITY)
-    p.add_argument("--out", default="frame.png")
+    p.add_argument("--out", default="frame.png", type=_output(".png"))
     p.set_defaults(func=cmd_render)
 
     for name, groups, about in (("pairs", ["data"], "build (or load) the cached (current, future) frame pairs"),
@@ -202,50 +245,65 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "pairs":
             p.add_argument("--json", action="store_true", help="print a JSON summary")
         else:
-            p.add_argument("--resume_from_checkpoint", default="none", metavar="{latest,best,none,PATH}")
+            p.add_argument("--resume_from_checkpoint", default="none", metavar="{latest,best,none,PATH}",
+                           help="continue a run: latest (falls back to the newest epoch_*.pt, then best.pt), best, or a file")
+            p.add_argument("--overwrite", action="store_true",
+                           help="start over in a checkpoint folder that already holds a run (its checkpoints are deleted)")
             flags.add_original_flags(p)
         p.set_defaults(func=cmd_pairs if name == "pairs" else cmd_train)
 
     p = sub.add_parser("sample", help="predict frames with a trained model: a grid of current | predicted | actual")
     _model_args(p)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--scale", type=int, default=2, help="enlarge the grid this many times")
-    p.add_argument("--out", default="grid.png")
+    p.add_argument("--n", type=_at_least(1), default=8)
+    p.add_argument("--scale", type=_at_least(1), default=2, help="enlarge the grid this many times")
+    p.add_argument("--out", default="grid.png", type=_output(".png"))
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("evaluate", help="score the model and the baselines on held-out episodes")
     _model_args(p)
     p.add_argument("--regression", default=None, help="regression baseline checkpoint (default: <run>-regression beside it)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
-    p.add_argument("--max_pairs", type=int, default=None, help="evaluate an evenly spread subset (DDPM-1000 is slow)")
-    p.add_argument("--mean_of", type=int, default=4, help="samples averaged for the diffusion_mean method (0 or 1: skip it)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--max_pairs", type=_at_least(1), default=None, help="evaluate an evenly spread subset (DDPM-1000 is slow)")
+    p.add_argument("--mean_of", type=_at_least(0), default=4, help="samples averaged for the diffusion_mean method (0 or 1: skip it)")
+    p.add_argument("--json", default=None, metavar="PATH", type=_output(".json"), help="also write the results as JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("rollout", help="feed predictions back for N steps; write truth | prediction | difference as GIF/MP4")
     _model_args(p)
-    p.add_argument("--episode", type=int, default=0)
-    p.add_argument("--start", type=int, default=0, help="env step to start from")
-    p.add_argument("--horizon", type=int, default=20, help="predictions fed back, k env steps each")
-    p.add_argument("--fps", type=float, default=4.0)
-    p.add_argument("--actions_of", type=int, default=None, help="drive a world model with this episode's actions instead")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write PSNR per step (model and hold) as JSON")
-    p.add_argument("--out", default="rollout.gif")
+    p.add_argument("--episode", type=_at_least(0), default=0)
+    p.add_argument("--start", type=_at_least(0), default=0, help="env step to start from")
+    p.add_argument("--horizon", type=_at_least(1), default=20, help="predictions fed back, k env steps each")
+    p.add_argument("--fps", type=_positive, default=4.0)
+    p.add_argument("--actions_of", type=_at_least(0), default=None, help="drive a world model with this episode's actions instead")
+    p.add_argument("--json", default=None, metavar="PATH", type=_output(".json"), help="also write PSNR per step (model and hold) as JSON")
+    p.add_argument("--out", default="rollout.gif", type=_output(".gif", ".mp4"))
     p.set_defaults(func=cmd_rollout)
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error (also KITCHEN_DEBUG=1)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A user's mistake (bad value, missing file, busy folder, ...) prints one line
+    and exits 2; a bug in kitchen_lib exits 1 with its traceback. --debug (or KITCHEN_DEBUG=1)
+    prints the traceback for the first kind too."""
     from kitchen_lib.checkpoint import CheckpointError
+    from kitchen_lib.locks import FolderBusy
     from kitchen_lib.pairs import CacheError
     from kitchen_lib.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("KITCHEN_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
-    except (DatasetError, CacheError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError) as e:
+    except (DatasetError, CacheError, CheckpointError, TrainingDiverged, FolderBusy, ValueError, FileNotFoundError,
+            PermissionError) as e:
+        if debug:
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
-

@@ -47,9 +47,9 @@ class ConditioningConfig:
 
     def validate(self) -> None:
         if self.context_frames < 0:
-            raise ValueError(f"context_frames must be 0 or more (got {self.context_frames})")
+            raise ValueError(f"--context_frames must be 0 or more (got {self.context_frames})")
         if self.context_noise < 0:
-            raise ValueError(f"context_noise must be 0 or more (got {self.context_noise})")
+            raise ValueError(f"--context_noise must be 0 or more (got {self.context_noise})")
 
     def vector_dim(self, k: int) -> int:
         """Length of the conditioning vector: k actions and/or the joint state."""

@@ -8,6 +8,7 @@ Both are real Minari datasets in the local Minari store (`$MINARI_DATASETS_PATH`
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from kitchen_lib.kitchen import COMPLETE_TASKS, OBS_DIM, completed_tasks
+from kitchen_lib.locks import clean_stale, owner_tag
+from kitchen_lib.paths import check_writable
 
 OFFLINE_DATASET_ID = "kitchen-diffusion/scripted-complete-v0"
 SMOKE_DATASET_ID = "kitchen-diffusion/scripted-smoke-v0"
@@ -30,6 +33,24 @@ OUR_NAMESPACE = "kitchen-diffusion"
 
 class DatasetError(RuntimeError):
     """A dataset is unknown, missing or malformed; the message says what to do."""
+
+
+# Minari's id form, namespace/.../name-vN: letters, digits, "_" and "-" in each part, no dots,
+# so no part can be "." or ".." and no id can reach outside the store.
+_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(/[A-Za-z0-9][A-Za-z0-9_-]*)*-v\d+")
+
+
+def check_dataset_id(dataset_id: str, generated: bool = False) -> str:
+    """Refuse anything but a well-formed Minari id (and, for `generated`, one under our namespace)."""
+    if not isinstance(dataset_id, str) or not _DATASET_ID.fullmatch(dataset_id):
+        raise DatasetError(
+            f"{dataset_id!r} is not a Minari dataset id: it should look like namespace/name-vN (letters, digits, "
+            f"'_' and '-', parts separated by '/', no '..'), e.g. {OFFLINE_DATASET_ID} or {D4RL_DATASET_IDS[0]}")
+    if generated and not dataset_id.startswith(OUR_NAMESPACE + "/"):
+        raise DatasetError(
+            f"generated datasets live under {OUR_NAMESPACE}/ (got {dataset_id!r}); D4RL's ids "
+            f"are reserved for the real D4RL data. Try {OFFLINE_DATASET_ID}.")
+    return dataset_id
 
 
 @dataclass
@@ -77,6 +98,7 @@ def open_dataset(dataset_id: str, download: bool = False):
     """The `minari.MinariDataset` for an id, with errors that say what to do."""
     import minari
 
+    check_dataset_id(dataset_id)
     if is_local(dataset_id):
         return minari.load_dataset(dataset_id)
     if dataset_id in D4RL_DATASET_IDS:
@@ -164,11 +186,7 @@ def write_dataset(dataset_id: str, records, env, description: str, overwrite: bo
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    if not dataset_id.startswith(OUR_NAMESPACE + "/"):
-        raise DatasetError(
-            f"generated datasets live under {OUR_NAMESPACE}/ (got {dataset_id!r}); D4RL's ids "
-            f"are reserved for the real D4RL data. Try {OFFLINE_DATASET_ID}."
-        )
+    check_dataset_id(dataset_id, generated=True)
     target = dataset_path(dataset_id)
     if target.exists() and not overwrite:
         raise DatasetError(f"{dataset_id} already exists at {target}; pass --overwrite to replace it.")
@@ -191,7 +209,8 @@ def write_dataset(dataset_id: str, records, env, description: str, overwrite: bo
     ]
     root = store_path()
     root.mkdir(parents=True, exist_ok=True)
-    tmp_root = Path(tempfile.mkdtemp(prefix=".kitchen-tmp-", dir=root))
+    clean_stale(root)  # what killed runs left behind
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".kitchen{owner_tag()}", dir=root))
     old = os.environ.get("MINARI_DATASETS_PATH")
     try:
         os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
@@ -255,10 +274,14 @@ def generate_dataset(
     from kitchen_lib.expert import random_episode, run_episode
     from kitchen_lib.kitchen import make_env
 
+    check_dataset_id(dataset_id, generated=True)
     if episodes < 1:
         raise DatasetError(f"--episodes must be at least 1 (got {episodes})")
+    if max_steps < 1:
+        raise DatasetError(f"--max_steps must be at least 1 (got {max_steps})")
     if is_local(dataset_id) and not overwrite:
         raise DatasetError(f"{dataset_id} already exists at {dataset_path(dataset_id)}; pass --overwrite to replace it.")
+    check_writable(store_path(), "the Minari store (set MINARI_DATASETS_PATH to a folder you can write)")
     t0 = time.time()
     env = make_env(max_episode_steps=max_steps)
     records = []

@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(name: str) -> str:
+    """Refuse a device that is misspelt or not on this machine, before any work."""
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu (or auto)")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps: Apple's MPS is not available here; use --device cpu (or auto)")
+    return name
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """"auto": CUDA, then Apple's MPS, then the CPU; otherwise the named device."""
+    """"auto": CUDA, then Apple's MPS, then the CPU; otherwise the named device (checked)."""
     if name != "auto":
-        return torch.device(name)
+        return torch.device(check_device(name))
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

@@ -57,6 +57,9 @@ class DiffusionConfig:
     residual: bool = True  # diffuse (future - current frame) rather than the future frame
     loss_weighting: str = "none"  # "none" or "min_snr"
     min_snr_gamma: float = 5.0
+    # Training timesteps t = T * u**timestep_power, u uniform: 1 is uniform, below 1 trains more
+    # at high noise, where a few-step sampler's first calls decide the frame.
+    timestep_power: float = 1.0
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -66,9 +69,11 @@ class DiffusionConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {self.loss_weighting!r}: choose one of {LOSS_WEIGHTINGS}")
         if self.min_snr_gamma <= 0:
-            raise ValueError(f"min_snr_gamma must be positive (got {self.min_snr_gamma})")
+            raise ValueError(f"--min_snr_gamma must be positive (got {self.min_snr_gamma})")
+        if not 0 < self.timestep_power <= 4:
+            raise ValueError(f"--timestep_power must be in (0, 4] (got {self.timestep_power})")
         if self.timesteps < 2:
-            raise ValueError(f"timesteps must be at least 2 (got {self.timesteps})")
+            raise ValueError(f"--timesteps must be at least 2 (got {self.timesteps})")
         if not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1 (got {self.beta_start}, {self.beta_end})")
 
@@ -90,9 +95,9 @@ class SamplerConfig:
             raise ValueError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
                              "(--sampling_steps is the same flag)")
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"sampling steps must be at least 1 (got {self.steps})")
+            raise ValueError(f"--sampling_steps (--steps) must be at least 1 (got {self.steps})")
         if not 0 <= self.eta <= 1:
-            raise ValueError(f"eta must be in [0, 1] (got {self.eta})")
+            raise ValueError(f"--eta must be in [0, 1] (got {self.eta})")
 
     def calls(self, timesteps: int) -> int:
         """Network calls per sampled frame for a process with `timesteps` training timesteps."""
@@ -184,13 +189,20 @@ class Diffusion:
 
     def training_loss(self, model: Denoiser, future: torch.Tensor, cond: torch.Tensor,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """(Weighted) mean squared error of the network's output against its target, t uniform."""
+        """(Weighted) mean squared error of the network's output against its target, t drawn per sample."""
         x0 = self.to_x0(future, cond)
-        b = x0.shape[0]
-        t = torch.randint(0, self.T, (b,), device=x0.device, generator=generator)
+        t = self.training_timesteps(x0.shape[0], x0.device, generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         out = model(self.q_sample(x0, t, noise), t, cond)
         return torch.mean(self.loss_weights(t) * (out.float() - self.target(x0, noise, t)) ** 2)
+
+    def training_timesteps(self, n: int, device: torch.device | str = "cpu",
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """n training timesteps: uniform over 0..T-1, or biased to high noise by timestep_power < 1."""
+        if self.cfg.timestep_power == 1:
+            return torch.randint(0, self.T, (n,), device=device, generator=generator)
+        u = torch.rand(n, device=device, generator=generator) ** self.cfg.timestep_power
+        return (u * self.T).long().clamp(max=self.T - 1)
 
     # --- what is diffused: the frame, or its change --------------------------------------
 

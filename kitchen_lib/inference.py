@@ -87,11 +87,12 @@ def load_predictor(checkpoint: str | Path, ema: bool = True, device: str = "auto
         model = build_model(cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{checkpoint}: its config cannot be read or describes no valid model ({e})") from e
-    if ema:
-        prefix = "module."
-        weights = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-    else:
-        weights = state["model"]
+    which = "ema" if ema else "model"
+    if not isinstance(state.get(which), dict):
+        raise CheckpointError(f"{checkpoint} has no {'EMA ' if ema else ''}weights (no {which!r} entry): it is damaged "
+                              f"or was not written by this project's training")
+    prefix = "module."
+    weights = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)} if ema else state["model"]
     try:
         model.net.load_state_dict(weights)
     except RuntimeError as e:

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kitchen_lib.datasets import OFFLINE_DATASET_ID, episode_lengths, fingerprint, iter_episodes
+from kitchen_lib.datasets import OFFLINE_DATASET_ID, check_dataset_id, episode_lengths, fingerprint, iter_episodes
 from kitchen_lib.images import to_grayscale, to_tensor
+from kitchen_lib.locks import clean_stale, folder_lock, owner_tag, user_file_mode
 from kitchen_lib.paths import data_dir
 from kitchen_lib.render import DEFAULT_QUALITY, check_render_args, render_chunks
 
@@ -56,11 +57,14 @@ class PairsConfig:
         return 1 if self.grayscale else 3
 
     def validate(self) -> None:
+        check_dataset_id(self.dataset)
         check_render_args(self.size, self.quality)
+        if self.max_episodes is not None and (not isinstance(self.max_episodes, int) or self.max_episodes < 1):
+            raise ValueError(f"--max_episodes must be at least 1, or none for all (got {self.max_episodes!r})")
         if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be a positive whole number of steps (got {self.k!r})")
+            raise ValueError(f"--k must be a positive whole number of steps (got {self.k!r})")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
-            raise ValueError("val_fraction and test_fraction must be in [0, 1) and leave some episodes to train on")
+            raise ValueError("--val_fraction and --test_fraction must be in [0, 1) and leave some episodes to train on")
 
 
 def split_episodes(n: int, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> dict[str, list[int]]:
@@ -154,7 +158,7 @@ class PairsCache:
         for e in self.meta["episodes"]:
             if e["index"] == episode:
                 return self.frames[e["first_frame"] : e["first_frame"] + e["num_frames"]]
-        raise KeyError(f"episode {episode} is not in this cache (episodes {[e['index'] for e in self.meta['episodes']]})")
+        raise ValueError(f"episode {episode} is not in this cache (episodes {[e['index'] for e in self.meta['episodes']]})")
 
     def summary(self) -> dict:
         return {
@@ -180,6 +184,7 @@ def load_cache(path: Path, cfg: PairsConfig | None = None) -> PairsCache:
         raise CacheError(f"pairs cache {path} is incomplete: {e.filename} is missing. {fix}") from e
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CacheError(f"pairs cache {path} has a corrupt meta.json ({e}). {fix}") from e
+    _check_meta(meta, shape, path, fix)
     if cfg is not None and meta.get("config") != asdict(cfg):
         diff = {k: (meta.get("config", {}).get(k), v) for k, v in asdict(cfg).items() if meta.get("config", {}).get(k) != v}
         raise CacheError(f"pairs cache {path} was built for a different config (cached, wanted): {diff}. {fix}")
@@ -192,6 +197,28 @@ def load_cache(path: Path, cfg: PairsConfig | None = None) -> PairsCache:
     if frames.shape != shape or frames.dtype != np.uint8:
         raise CacheError(f"pairs cache {path}: frames.npy is {frames.dtype}{frames.shape}, meta.json says uint8{shape}. {fix}")
     return PairsCache(path=path, meta=meta, frames=frames)
+
+
+def _check_meta(meta: dict, shape: tuple, path: Path, fix: str) -> None:
+    """Episode boundaries tile the frames, every episode is in exactly one split, and every pair
+    lies inside an episode of its own split: an edited or damaged meta.json is refused."""
+    try:
+        eps = sorted(meta["episodes"], key=lambda e: e["first_frame"])
+        ends = [e["first_frame"] + e["num_frames"] for e in eps]
+        if [e["first_frame"] for e in eps] != [0] + ends[:-1] or (ends[-1] if ends else 0) != shape[0]:
+            raise ValueError("episode boundaries overlap, leave gaps or do not match frames.npy")
+        split_of = {e["index"]: e["split"] for e in eps}
+        listed = {ep: s for s in SPLITS for ep in meta["splits"].get(s, [])}
+        if len(split_of) != len(eps) or listed != split_of or sum(len(v) for v in meta["splits"].values()) != len(eps):
+            raise ValueError("the episodes' splits disagree with meta['splits'] (an episode in two splits, or none)")
+        k, frames = meta["config"]["k"], {e["index"]: e["num_frames"] for e in eps}
+        for split, rows in meta["pairs"].items():
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+            ok = [split_of.get(ep) == split and 0 <= t and t + k < frames[ep] for ep, t in rows.tolist()]
+            if not all(ok):
+                raise ValueError(f"{ok.count(False)} {split} pairs lie outside the {split} episodes")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CacheError(f"pairs cache {path} has an inconsistent meta.json ({e}). {fix}") from e
 
 
 def build_pairs(
@@ -210,27 +237,37 @@ def build_pairs(
     path = cache_dir_for(cfg, root)
     if path.exists() and not force:
         return load_cache(path, cfg)
+    # One builder per cache: a second process asking for the same pairs waits, then reuses them.
+    say = (lambda holder: print(f"waiting for {holder}, which is building these pairs ({path.name})", flush=True)) \
+        if progress else None
+    with folder_lock(path.parent, f"the pairs cache {path.name}", wait=True, on_wait=say, name=f".{path.name}.lock"):
+        if path.exists() and not force:
+            return load_cache(path, cfg)
+        clean_stale(path.parent)  # what killed builds left behind
+        _build(cfg, path, lengths, workers, progress)
+    return load_cache(path, cfg)
 
+
+def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None, progress: bool) -> None:
     usable = [i for i, n in enumerate(lengths) if n > cfg.k]
     if len(usable) < len(lengths):
-        warnings.warn(f"{len(lengths) - len(usable)} episodes of {cfg.dataset} are not longer than k={cfg.k} and are left out", stacklevel=2)
+        warnings.warn(f"{len(lengths) - len(usable)} episodes of {cfg.dataset} are not longer than k={cfg.k} and are left out", stacklevel=3)
     splits = split_episodes(len(usable), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     split_of = {usable[j]: s for s, js in splits.items() for j in js}
     t0 = time.time()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{owner_tag()}", dir=path.parent))
     try:
         meta = _write_cache(tmp, cfg, lengths, usable, split_of, workers, progress)
         meta["build_seconds"] = round(time.time() - t0, 2)
         _write_json(tmp / "meta.json", meta)
+        os.chmod(tmp, user_file_mode(directory=True))  # mkdtemp's 0700 would outlive the rename
         if path.exists():  # force: move the old cache aside only once the new one is whole
-            old = path.with_name(path.name + f".old-{os.getpid()}")
+            old = path.with_name(f".{path.name}{owner_tag()}old")
             path.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_cache(path, cfg)
 
 
 def _write_json(path: Path, obj: dict) -> None:

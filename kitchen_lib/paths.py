@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kitchen_lib.locks import owner_tag, user_file_mode
+
 
 def data_dir() -> Path:
     """`$KITCHEN_DATA_DIR`, else the repository's `data/` in a source checkout, else `./data`."""
@@ -27,11 +29,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The real suffix stays last: image and video writers choose the format by it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    # The owner's pid in the name lets the next run sweep what a killed one left (locks.clean_stale).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{owner_tag()}", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, user_file_mode())  # mkstemp's 0600 would outlive the rename
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Fail now, not after the work, if `folder` (or the nearest folder that exists above it)
+    cannot be written."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to {folder} ({what}): choose a folder you can write, or fix its permissions")
+    return folder

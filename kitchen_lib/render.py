@@ -43,7 +43,8 @@ def check_render_args(size: int, quality: str) -> None:
     if quality not in QUALITIES:
         raise ValueError(f"unknown render quality {quality!r}: choose one of {QUALITIES}")
     if not isinstance(size, int | np.integer) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"unsupported frame size {size!r}: use a square size from {MIN_SIZE} to {MAX_SIZE} pixels, e.g. 64 or 128")
+        raise ValueError(f"--size {size!r}: unsupported frame size; use a square size from {MIN_SIZE} to {MAX_SIZE} pixels, "
+                         f"e.g. 64 or 128")
 
 
 class KitchenRenderer:

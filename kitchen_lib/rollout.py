@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.conditioning import episode_vectors
 from kitchen_lib.diffusion import SamplerConfig
 from kitchen_lib.images import difference_image
 from kitchen_lib.inference import Predictor
 from kitchen_lib.metrics import capped_psnr
+from kitchen_lib.pairs import PairsCache
 from kitchen_lib.paths import atomic_path
 
 
@@ -76,6 +78,42 @@ def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizo
     scores = np.array([capped_psnr(t, p) for t, p in zip(truth, pred, strict=True)])
     hold = np.array([capped_psnr(t, truth[0]) for t in truth])
     return Rollout(pred, truth, idx, scores, hold)
+
+
+def rollout_episode(predictor: Predictor, cache: PairsCache, episode: int, start: int, horizon: int,
+                    sampler: SamplerConfig | None = None, seed: int = 0, actions_of: int | None = None) -> Rollout:
+    """`rollout` on an episode of a pairs cache, with its recorded actions and joint states when the
+    model takes them (`actions_of`: another episode's actions, same env steps)."""
+    cond = predictor.conditioning
+    actions = proprio = None
+    if cond.actions or cond.proprio:
+        actions, proprio = episode_vectors(cache, episode)
+        if actions_of is not None:
+            actions = episode_vectors(cache, actions_of)[0]
+    elif actions_of is not None:
+        raise ValueError("actions_of needs an action-conditioned model (e.g. --preset cpu-world)")
+    return rollout(predictor, cache.episode_frames(episode), start, horizon, sampler, seed, actions, proprio)
+
+
+def mean_rollouts(predictor: Predictor, cache: PairsCache, split: str = "test", starts: int = 8, horizon: int = 10,
+                  sampler: SamplerConfig | None = None, progress: bool = True) -> dict:
+    """Mean PSNR per rollout step over `starts` evenly spread starts in every episode of a split
+    (recorded actions), beside holding the start frame still: {"rollouts", "horizon", "psnr",
+    "hold_psnr", "beats_hold_every_step"}, lists of `horizon` numbers (step 1 first)."""
+    from tqdm.auto import tqdm
+
+    jobs = []
+    for ep in cache.meta["splits"][split]:
+        last = len(cache.episode_frames(ep)) - 1 - horizon * predictor.k
+        jobs += [(ep, int(s)) for s in np.linspace(0, last, starts).astype(int)] if last >= 0 else []
+    if not jobs:
+        raise ValueError(f"no {split} episode is long enough for {horizon} rollout steps of k={predictor.k}")
+    runs = [rollout_episode(predictor, cache, ep, s, horizon, sampler, seed=s)
+            for ep, s in tqdm(jobs, desc="rollouts", disable=not progress, leave=False)]
+    model = np.mean([r.psnr for r in runs], axis=0)[1:]
+    hold = np.mean([r.hold_psnr for r in runs], axis=0)[1:]
+    return {"rollouts": len(runs), "horizon": horizon, "psnr": model.tolist(), "hold_psnr": hold.tolist(),
+            "beats_hold_every_step": bool(np.all(model > hold))}
 
 
 def save_animation(frames: np.ndarray, path: str | Path, fps: float = 4.0, scale: int = 2) -> Path:

@@ -50,3 +50,17 @@ def find_checkpoint(preset: str = "cpu", objective: str = "diffusion", root: Pat
     runs += [p for p in checkpoints.glob("notebook*") if notebook_run.fullmatch(p.name)]
     found = [r / "best.pt" for r in runs if (r / "best.pt").is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def saved_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints a run folder holds (latest, best, epoch_*), in that order."""
+    run_dir = Path(run_dir)
+    named = [run_dir / n for n in ("latest.pt", "best.pt") if (run_dir / n).is_file()]
+    return named + sorted(run_dir.glob("epoch_*.pt"))
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """Where "resume latest" looks, in order: latest.pt, the epoch_*.pt newest first, best.pt."""
+    run_dir = Path(run_dir)
+    epochs = sorted(run_dir.glob("epoch_*.pt"), reverse=True)
+    return [p for p in [run_dir / "latest.pt", *epochs, run_dir / "best.pt"] if p.is_file()]

@@ -10,7 +10,9 @@ the epoch it was taken.
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,13 +29,26 @@ from kitchen_lib.config import RunConfig, TrainConfig, build_model, check_resuma
 from kitchen_lib.datasets import ensure_dataset
 from kitchen_lib.device import pick_device
 from kitchen_lib.inference import Predictor, prediction_grid
+from kitchen_lib.locks import LOCK_NAME, clean_stale, folder_lock
 from kitchen_lib.pairs import build_pairs
-from kitchen_lib.runs import find_checkpoint, regression_beside, resolve_checkpoint
+from kitchen_lib.runs import (
+    find_checkpoint,
+    regression_beside,
+    resolve_checkpoint,
+    resume_candidates,
+    saved_checkpoints,
+)
 from kitchen_lib.unet import channels_last, count_parameters
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoints are kept."""
+    """The run blew up (a non-finite or exploding loss, gradient or weights); nothing was saved after it."""
+
+
+# A loss this many times the run's early median, or a validation loss this many times its best,
+# is a blow-up, not noise: healthy runs stay within a few times their first losses.
+DIVERGENCE_FACTOR = 100.0
+REFERENCE_STEPS = 20  # the first optimizer steps whose median loss is the run's reference
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -69,23 +84,46 @@ class TrainResult:
 class Trainer:
     """One training run. `Trainer(cfg).fit()` trains; `Trainer(cfg, resume="latest").fit()` continues."""
 
-    def __init__(self, cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False,
+                 overwrite: bool = False) -> None:
         self.cfg, self.progress = cfg, progress
-        tc = cfg.train
         cfg.validate()  # before any work
-        self.device = pick_device(tc.device)
         self.ckpt_dir = cfg.checkpoint_dir()
-        state = None
-        if resume:
-            path = resolve_checkpoint(self.ckpt_dir, resume)
-            state = load_checkpoint(path)
-            check_resumable(path, state["config"], cfg)
-        elif (self.ckpt_dir / "latest.pt").exists():
-            raise CheckpointError(
-                f"{self.ckpt_dir} already holds a run (latest.pt); resume it with --resume_from_checkpoint latest, "
-                f"or choose another --checkpoint_dir. Nothing was overwritten.")
+        # One run per folder, for the run's life: the OS drops the lock if the process dies.
+        created = not self.ckpt_dir.exists()
+        self._lock = ExitStack()
+        self._lock.enter_context(folder_lock(self.ckpt_dir, "this training run"))
+        try:
+            self._setup(resume, force_rebuild, overwrite)
+        except BaseException:
+            self.close()
+            if created:  # a run that never started leaves no folder behind
+                (self.ckpt_dir / LOCK_NAME).unlink(missing_ok=True)
+                if not any(self.ckpt_dir.iterdir()):
+                    self.ckpt_dir.rmdir()
+            raise
 
-        self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild, progress=progress)
+    def close(self) -> None:
+        """Release the run folder (fit() does this when it ends)."""
+        self._lock.close()
+
+    def _setup(self, resume: str | None, force_rebuild: bool, overwrite: bool) -> None:
+        cfg, tc = self.cfg, self.cfg.train
+        self.device = pick_device(tc.device)
+        clean_stale(self.ckpt_dir)  # temp files of killed runs
+        state, held = None, []
+        if resume:
+            path, state = self._load_resumable(resume)
+            check_resumable(path, state["config"], cfg)
+        else:
+            held = saved_checkpoints(self.ckpt_dir)
+            if held and not overwrite:
+                raise CheckpointError(
+                    f"{self.ckpt_dir} already holds a run ({', '.join(p.name for p in held)}); resume it with "
+                    f"--resume_from_checkpoint latest, start over with --overwrite, or choose another --checkpoint_dir. "
+                    f"Nothing was overwritten.")
+
+        self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild, progress=self.progress)
         self.train_set = ConditionedPairs(self.cache, "train", cfg.conditioning)
         self.val_set = ConditionedPairs(self.cache, "val", cfg.conditioning)
         if len(self.train_set) < tc.batch_size:
@@ -105,10 +143,16 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self.epoch, self.batch_in_epoch, self.opt_step = 0, 0, 0
         self.best_val, self.last_val = math.inf, math.nan
+        self.early_losses: list[float] = []  # the first REFERENCE_STEPS losses: what "exploding" is measured against
+        self.saved_step = 0
         tb_root = Path(tc.tensorboard_dir) if tc.tensorboard_dir else cfg.root() / "tensorboard"
         self.tb_dir = tb_root / f"{tc.run_name_prefix}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}"
         if state is not None:
             self._restore(state)
+        for p in held:  # --overwrite: the old run goes only once the new one is ready to start
+            p.unlink()
+        if state is None:  # a fresh run: rows left by an old run, or by one killed before its first checkpoint, go
+            (self.ckpt_dir / runlog.METRICS_FILE).unlink(missing_ok=True)
         self.batches_per_epoch = len(self.train_set) // tc.batch_size
 
     # --- checkpoints -------------------------------------------------------------------
@@ -118,7 +162,7 @@ class Trainer:
             "model": self.model.net.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.opt_step,
-            "best_val_loss": self.best_val, "last_val_loss": self.last_val,
+            "best_val_loss": self.best_val, "last_val_loss": self.last_val, "early_losses": self.early_losses,
             "rng": {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "config": self.cfg.to_dict(), "tensorboard_dir": str(self.tb_dir),
@@ -133,6 +177,12 @@ class Trainer:
         self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.batch_in_epoch, self.opt_step = s["epoch"], s["batch_in_epoch"], s["step"]
         self.best_val, self.last_val = s["best_val_loss"], s["last_val_loss"]
+        self.early_losses, self.saved_step = list(s.get("early_losses", [])), self.opt_step
+        # A resumed run may lower the learning rate (after a divergence): the schedule follows the new one.
+        lr = self.cfg.train.learning_rate
+        self.sched.base_lrs = [lr for _ in self.opt.param_groups]
+        for g in self.opt.param_groups:
+            g["initial_lr"], g["lr"] = lr, lr * lr_factor(self.cfg.train, self.sched.last_epoch)
         torch.set_rng_state(s["rng"]["torch"])
         self.noise_gen.set_state(s["rng"]["noise"].cpu())  # generator states are CPU byte tensors
         if s["rng"]["cuda"] and torch.cuda.is_available():
@@ -140,8 +190,50 @@ class Trainer:
         self.tb_dir = Path(s["tensorboard_dir"])
         runlog.truncate_metrics(self.ckpt_dir, self.opt_step)
 
+    def _load_resumable(self, resume: str) -> tuple[Path, dict]:
+        """The checkpoint to resume: a path or "best" as asked; "latest" falls back to the newest
+        epoch_*.pt, then best.pt, if latest.pt is missing or unreadable (and says so)."""
+        if resume != "latest":
+            path = resolve_checkpoint(self.ckpt_dir, resume)
+            return path, load_checkpoint(path)
+        tried = []
+        for path in resume_candidates(self.ckpt_dir):
+            try:
+                state = load_checkpoint(path)
+            except CheckpointError as e:
+                tried.append(f"{path.name}: {str(e).split(':', 1)[-1].strip()[:120]}")
+                continue
+            if tried:
+                print(f"resuming from {path.name}, the newest checkpoint that loads (skipped: {'; '.join(tried)})",
+                      flush=True)
+            return path, state
+        raise CheckpointError(f"nothing to resume in {self.ckpt_dir}: " + ("; ".join(tried) if tried else
+                              "it holds no checkpoint. Train one first (without --resume_from_checkpoint)."))
+
     def _save(self, name: str) -> Path:
-        return save_checkpoint(self._state(), self.ckpt_dir / name)
+        bad = [n for n, p in self.model.net.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            self._diverged(f"weights became non-finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        path = self.ckpt_dir / name
+        try:
+            save_checkpoint(self._state(), path)
+        except (OSError, RuntimeError) as e:  # disk full, read-only folder, ... (torch wraps some as RuntimeError)
+            raise CheckpointError(f"could not write {path} ({type(e).__name__}: {e}). Is the disk full or the folder "
+                                  f"read-only? The previous {name}, if any, is intact.") from e
+        self.saved_step = self.opt_step
+        return path
+
+    def _diverged(self, what: str) -> None:
+        """Stop without saving: drop the metrics rows after the last checkpoint and say how to go on."""
+        runlog.truncate_metrics(self.ckpt_dir, self.saved_step)
+        kept = [p.name for p in saved_checkpoints(self.ckpt_dir)]
+        lr = self.cfg.train.learning_rate
+        then = (f"The checkpoints saved before it ({', '.join(kept)}) are intact: resume with a lower learning rate, "
+                f"e.g. --resume_from_checkpoint latest --learning_rate {lr / 10:g}" if kept
+                else "No checkpoint had been saved yet: start again with a lower --learning_rate, e.g. "
+                     f"{lr / 10:g}")
+        raise TrainingDiverged(f"training diverged at optimizer step {self.opt_step} (epoch {self.epoch}): {what}; "
+                               f"nothing was saved after step {self.saved_step}. {then}.")
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -208,10 +300,11 @@ class Trainer:
                               f"{self.opt_step}; resume with --resume_from_checkpoint latest")
                     break
                 self._end_epoch(writer, bar)
+            runlog.add_hparams(writer, self.cfg.to_dict(), self.last_val, self.best_val)
         finally:
             bar.close()
-        runlog.add_hparams(writer, self.cfg.to_dict(), self.last_val, self.best_val)
-        writer.close()
+            writer.close()
+            self.close()  # the run folder is free again, however the run ended
         seconds = time.time() - t0
         return TrainResult(self.ckpt_dir, self.tb_dir, self.epoch, self.opt_step, self.last_val, self.best_val, seconds,
                            samples / max(seconds, 1e-9), stopped_early, count_parameters(self.model.net))
@@ -219,20 +312,26 @@ class Trainer:
     def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             loss = self.model.loss(batch, self.noise_gen)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at optimizer step {self.opt_step + 1} (epoch {self.epoch}); stopped without "
-                f"saving. The last good checkpoints in {self.ckpt_dir} are intact: lower --learning_rate and resume from one.")
+        value = loss.item()
+        if not math.isfinite(value):
+            self._diverged(f"loss became {value}")
+        if len(self.early_losses) >= 2 and value > DIVERGENCE_FACTOR * statistics.median(self.early_losses):
+            self._diverged(f"loss {value:.3g} is over {DIVERGENCE_FACTOR:g}x the run's early median "
+                           f"{statistics.median(self.early_losses):.3g}")
+        if len(self.early_losses) < REFERENCE_STEPS:
+            self.early_losses.append(value)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), self.cfg.train.grad_clip))
+        if not math.isfinite(gnorm) and not self.use_amp:  # AMP's scaler skips such steps itself
+            self._diverged(f"gradient norm became {gnorm}")
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
         self.ema.update_parameters(self.model.net)
         self.opt_step += 1
-        return loss.item(), gnorm
+        return value, gnorm
 
     def _log_step(self, loss: float, gnorm: float, writer) -> None:
         tc, lr = self.cfg.train, self.sched.get_last_lr()[0]
@@ -246,6 +345,9 @@ class Trainer:
     def _end_epoch(self, writer, bar) -> None:
         tc = self.cfg.train
         self.last_val = self.validate()
+        if not math.isfinite(self.last_val) or (math.isfinite(self.best_val)
+                                                  and self.last_val > DIVERGENCE_FACTOR * self.best_val):
+            self._diverged(f"validation loss {self.last_val:.3g} (best so far {self.best_val:.3g})")
         writer.add_scalar("loss/val", self.last_val, self.opt_step)
         runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, val_loss=self.last_val)
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -260,8 +362,9 @@ class Trainer:
         bar.write(f"epoch {self.epoch}/{tc.epochs}: val loss {self.last_val:.5f}" + (" (best)" if improved else ""))
 
 
-def train(cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False) -> TrainResult:
-    return Trainer(cfg, resume=resume, progress=progress, force_rebuild=force_rebuild).fit()
+def train(cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False,
+          overwrite: bool = False) -> TrainResult:
+    return Trainer(cfg, resume=resume, progress=progress, force_rebuild=force_rebuild, overwrite=overwrite).fit()
 
 
 def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = ("diffusion",),

@@ -67,7 +67,7 @@ class UNetConfig:
         if levels < 1 or any(m < 1 for m in self.channel_mults):
             problems.append(f"channel_mults must be positive whole numbers (got {self.channel_mults})")
         elif image_size is not None and (image_size < 1 or image_size % 2 ** (levels - 1)):
-            problems.append(f"image_size {image_size} is not divisible by 2^{levels - 1} = {2 ** (levels - 1)}, "
+            problems.append(f"--size {image_size} (the frame size) is not divisible by 2^{levels - 1} = {2 ** (levels - 1)}, "
                             f"which {levels} levels of down-sampling need: use a size like "
                             f"{2 ** (levels - 1) * max(1, round(image_size / 2 ** (levels - 1)))} or fewer channel_mults")
         bad = [lv for lv in self.attention_levels if not 0 <= lv < levels]

@@ -143,23 +143,21 @@ class PredictionDemo(widgets.VBox):
     def run_rollout(self, button=None) -> None:
         import imageio.v3 as iio
 
-        from kitchen_lib.rollout import max_horizon, rollout
+        from kitchen_lib.rollout import max_horizon, rollout_episode
 
         frames, t = self._frames(), self.slider.value
         horizon = min(self.rollout_horizon, max_horizon(len(frames), t, self.k))
         if horizon < 1:
             self.rollout_info.value = "too close to the episode's end for a rollout: move the slider back"
             return
-        actions = proprio = None
-        if self.predictor.conditioning.actions or self.predictor.conditioning.proprio:
-            actions, proprio = episode_vectors(self.cache, self.episode.value)
-            if self.actions_from.value is not None:
-                actions = episode_vectors(self.cache, self.actions_from.value)[0]
-                horizon = min(horizon, (len(actions) - t) // self.k)
-                if horizon < 1:
-                    self.rollout_info.value = f"episode {self.actions_from.value} has no actions this late"
-                    return
-        r = rollout(self.predictor, frames, t, horizon, self.sampler_config(), seed=t, actions=actions, proprio=proprio)
+        other = self.actions_from.value if self.predictor.conditioning.actions else None
+        if other is not None:
+            horizon = min(horizon, (len(episode_vectors(self.cache, other)[0]) - t) // self.k)
+            if horizon < 1:
+                self.rollout_info.value = f"episode {other} has no actions this late"
+                return
+        r = rollout_episode(self.predictor, self.cache, self.episode.value, t, horizon, self.sampler_config(), seed=t,
+                            actions_of=other)
         big = np.repeat(np.repeat(r.side_by_side(), self._scale, 1), self._scale, 2)
         self.rollout_view.value = iio.imwrite("<bytes>", big, extension=".gif", duration=500, loop=0)
         self.rollout_info.value = (f"truth | prediction | difference, {horizon} steps of k={self.k} from step {t}; "

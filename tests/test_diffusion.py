@@ -133,3 +133,17 @@ def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction):
     assert d.loss_weights(t).shape == (6, 1, 1, 1)
     flat = Diffusion(DiffusionConfig(prediction=prediction))
     assert torch.equal(flat.loss_weights(t), torch.ones(6, 1, 1, 1))
+
+
+def test_timestep_power_biases_training_to_high_noise():
+    g = torch.Generator().manual_seed(0)
+    uniform = Diffusion().training_timesteps(20_000, generator=g)
+    high = Diffusion(DiffusionConfig(timestep_power=0.5)).training_timesteps(20_000, generator=g)
+    for t in (uniform, high):
+        assert t.min() >= 0 and t.max() <= 999 and t.dtype == torch.long
+    assert uniform.float().mean().item() == pytest.approx(499.5, abs=10)
+    # density 2t/T: mean 2T/3, and three quarters of the draws in the noisier half
+    assert high.float().mean().item() == pytest.approx(666, abs=10)
+    assert (high >= 500).float().mean().item() == pytest.approx(0.75, abs=0.02)
+    with pytest.raises(ValueError, match="timestep_power"):
+        DiffusionConfig(timestep_power=0).validate()

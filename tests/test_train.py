@@ -84,7 +84,7 @@ def test_corrupt_latest_gives_clear_error_and_best_is_intact(small_pairs, small_
     data = (tmp_path / "latest.pt").read_bytes()
     (tmp_path / "latest.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt"):
-        Trainer(cfg, resume="latest", progress=False)
+        Trainer(cfg, resume=str(tmp_path / "latest.pt"), progress=False)  # asked for by path: no fallback
     assert sha(tmp_path / "best.pt") == best_hash
     Trainer(with_overrides(cfg, train={"epochs": 3}), resume="best", progress=False).fit()  # best still works
 
