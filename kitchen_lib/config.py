@@ -24,7 +24,6 @@ from pathlib import Path
 from kitchen_lib.checkpoint import CheckpointError, config_differences
 from kitchen_lib.conditioning import ConditioningConfig
 from kitchen_lib.datasets import SMOKE_DATASET_ID, GenerateConfig
-from kitchen_lib.device import check_device
 from kitchen_lib.diffusion import DiffusionConfig, SamplerConfig
 from kitchen_lib.model import OBJECTIVES, FrameModel
 from kitchen_lib.pairs import PairsConfig
@@ -83,7 +82,6 @@ class TrainConfig:
             bad.append(f"--max_minutes must be positive, or none for no limit (got {self.max_minutes})")
         if bad:
             raise ValueError("; ".join(bad))
-        check_device(self.device)
 
 
 @dataclass(frozen=True)

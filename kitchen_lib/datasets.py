@@ -37,7 +37,7 @@ class DatasetError(RuntimeError):
 
 # Minari's id form, namespace/.../name-vN: letters, digits, "_" and "-" in each part, no dots,
 # so no part can be "." or ".." and no id can reach outside the store.
-_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(/[A-Za-z0-9][A-Za-z0-9_-]*)*-v\d+")
+_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(/[A-Za-z0-9][A-Za-z0-9_-]*)*-v[0-9]+")
 
 
 def check_dataset_id(dataset_id: str, generated: bool = False) -> str:

@@ -12,7 +12,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 def check_device(name: str) -> str:
     """Refuse a device that is misspelt or not on this machine, before any work."""
     if not isinstance(name, str) or not _DEVICE.fullmatch(name):
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise ValueError(f"--device {name!r}: unknown device; use auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu (or auto)")

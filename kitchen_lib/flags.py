@@ -18,6 +18,7 @@ import typing
 from kitchen_lib.conditioning import ConditioningConfig
 from kitchen_lib.config import RunConfig, TrainConfig, preset, with_overrides
 from kitchen_lib.datasets import GenerateConfig
+from kitchen_lib.device import check_device
 from kitchen_lib.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SAMPLERS, SCHEDULES, DiffusionConfig, SamplerConfig
 from kitchen_lib.model import OBJECTIVES
 from kitchen_lib.pairs import PairsConfig
@@ -128,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "dataset_dir", None):
         cfg = dataclasses.replace(cfg, data_dir=args.dataset_dir)
     cfg.validate()
+    check_device(cfg.train.device)  # here, not in validate(): a checkpoint trained on a GPU loads anywhere
     return cfg
 
 

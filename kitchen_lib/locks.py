@@ -5,7 +5,8 @@ A run folder (checkpoints) or a pairs cache is written by one process at a time.
 so a crashed run never leaves a folder locked. The lock file records the holder's pid and
 command line, for the message a second process gets.
 
-Temporary files and folders carry their owner's pid in the name (`.<name>.tmp<pid>.<random>`);
+Temporary files and folders carry their owner's pid in the name (`.<name>.tmp<pid>.<8 random>`,
+as `tempfile.mkstemp` makes them);
 `clean_stale` removes those whose owner is gone, so what a killed run left behind is swept by
 the next run of the same kind, and a live writer's temp files are never touched.
 """
@@ -24,7 +25,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_NAME = ".lock"
-_OWNER = re.compile(r"\.tmp(\d+)\.")
+_OWNER = re.compile(r"\.tmp([0-9]+)\.[a-z0-9_]{8}")  # owner_tag() + mkstemp's 8 random characters
+# Lock files this process holds: a forked child (a DataLoader worker) closes its copies, so a
+# crashed run's lock is not kept alive by children that outlive it for a moment.
+_HELD: set[int] = set()
+
+
+def _forget_locks_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)  # the parent's lock stays: it is the parent's open file that holds it
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 class FolderBusy(RuntimeError):
@@ -80,29 +96,51 @@ def folder_lock(folder: str | Path, what: str, wait: bool = False, on_wait=None,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock_file = folder / name
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    told = False
+    while True:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(lock_file)
             if not wait:
+                os.close(fd)
                 raise FolderBusy(f"{folder} is in use by {holder}: wait for it to finish, or choose another folder "
                                  f"for {what}. Nothing was written.") from None
-            if on_wait is not None:
+            if on_wait is not None and not told:
                 on_wait(holder)
+                told = True
             fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # the holder we waited for may have removed the lock file: then ours locks nothing
+            if os.fstat(fd).st_ino == os.stat(lock_file).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    _HELD.add(fd)
+    try:
         info = {"pid": os.getpid(), "command": " ".join(sys.argv) or sys.executable,
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         yield
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # closing releases the lock
+
+
+def _umask() -> int:
+    try:  # read without changing it (Linux): os.umask can only be read by setting it, racing other threads
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def user_file_mode(directory: bool = False) -> int:
     """The mode a plain open()/mkdir() would give under the current umask (mkstemp's is 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return (0o777 if directory else 0o666) & ~_umask()

@@ -262,7 +262,7 @@ def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None
         _write_json(tmp / "meta.json", meta)
         os.chmod(tmp, user_file_mode(directory=True))  # mkdtemp's 0700 would outlive the rename
         if path.exists():  # force: move the old cache aside only once the new one is whole
-            old = path.with_name(f".{path.name}{owner_tag()}old")
+            old = tmp.with_name(tmp.name + "-old")  # carries the owner tag: swept if we die here
             path.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         tmp.rename(path)

@@ -34,7 +34,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, user_file_mode())  # mkstemp's 0600 would outlive the rename
+        # mkstemp's 0600 would outlive the rename: keep the mode of the file replaced, else the umask's
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.is_file() else user_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from kitchen_lib.datasets import generate_dataset, is_local
 from kitchen_lib.images import save_png
 from kitchen_lib.inference import load_predictor, prediction_grid
 from kitchen_lib.pairs import build_pairs
+from kitchen_lib.runs import resume_candidates, saved_checkpoints
 from kitchen_lib.train import train
 
 
@@ -43,7 +44,7 @@ def quickstart(preset_name: str = "cpu", log: Callable[[str], None] = print) -> 
         f"{base['changed_fraction']:.1%} of pixels change by > 0.05")
     ckpt = cfg.checkpoint_dir()
     log(f"== 3/4 train (preset {preset_name}) into {ckpt}")
-    if (ckpt / "latest.pt").exists():
+    if saved_checkpoints(ckpt):
         log(f"a run is already there: using it (resume it with `python -m kitchen_lib train --preset {preset_name} "
             f"--resume_from_checkpoint latest`, or delete the folder to start over)")
     else:
@@ -51,7 +52,7 @@ def quickstart(preset_name: str = "cpu", log: Callable[[str], None] = print) -> 
         log(f"{r.optimizer_steps} optimizer steps in {r.seconds / 60:.1f} min, validation loss {r.final_val_loss:.5f}; "
             f"TensorBoard: tensorboard --logdir {r.tensorboard_dir.parent}")
     log("== 4/4 sample predictions on the test episodes")
-    predictor = load_predictor(ckpt / "best.pt" if (ckpt / "best.pt").exists() else ckpt / "latest.pt")
+    predictor = load_predictor(ckpt / "best.pt" if (ckpt / "best.pt").exists() else resume_candidates(ckpt)[0])
     t0 = time.time()
     grid = prediction_grid(predictor, cache, "test", n=6, progress=True)
     out = save_png(grid, cfg.root() / "samples" / f"quickstart_{preset_name}.png", scale=2)

@@ -56,11 +56,16 @@ def saved_checkpoints(run_dir: Path) -> list[Path]:
     """The checkpoints a run folder holds (latest, best, epoch_*), in that order."""
     run_dir = Path(run_dir)
     named = [run_dir / n for n in ("latest.pt", "best.pt") if (run_dir / n).is_file()]
-    return named + sorted(run_dir.glob("epoch_*.pt"))
+    return named + epoch_checkpoints(run_dir)
+
+
+def epoch_checkpoints(run_dir: Path) -> list[Path]:
+    """epoch_NNNN.pt files, oldest epoch first (a user's epoch_0003-keep.pt is not one)."""
+    found = [p for p in Path(run_dir).glob("epoch_*.pt") if re.fullmatch(r"epoch_[0-9]+\.pt", p.name) and p.is_file()]
+    return sorted(found, key=lambda p: int(p.stem.split("_")[1]))
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:
     """Where "resume latest" looks, in order: latest.pt, the epoch_*.pt newest first, best.pt."""
     run_dir = Path(run_dir)
-    epochs = sorted(run_dir.glob("epoch_*.pt"), reverse=True)
-    return [p for p in [run_dir / "latest.pt", *epochs, run_dir / "best.pt"] if p.is_file()]
+    return [p for p in [run_dir / "latest.pt", *reversed(epoch_checkpoints(run_dir)), run_dir / "best.pt"] if p.is_file()]

@@ -96,11 +96,14 @@ class Trainer:
         try:
             self._setup(resume, force_rebuild, overwrite)
         except BaseException:
-            self.close()
-            if created:  # a run that never started leaves no folder behind
+            if created:  # a run that never started leaves no folder behind (unlinked while still ours)
                 (self.ckpt_dir / LOCK_NAME).unlink(missing_ok=True)
-                if not any(self.ckpt_dir.iterdir()):
+            self.close()
+            if created:
+                try:
                     self.ckpt_dir.rmdir()
+                except OSError:  # not empty after all: leave it
+                    pass
             raise
 
     def close(self) -> None:
@@ -143,6 +146,7 @@ class Trainer:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self.epoch, self.batch_in_epoch, self.opt_step = 0, 0, 0
         self.best_val, self.last_val = math.inf, math.nan
+        self._fitted = False
         self.early_losses: list[float] = []  # the first REFERENCE_STEPS losses: what "exploding" is measured against
         self.saved_step = 0
         tb_root = Path(tc.tensorboard_dir) if tc.tensorboard_dir else cfg.root() / "tensorboard"
@@ -151,8 +155,9 @@ class Trainer:
             self._restore(state)
         for p in held:  # --overwrite: the old run goes only once the new one is ready to start
             p.unlink()
-        if state is None:  # a fresh run: rows left by an old run, or by one killed before its first checkpoint, go
-            (self.ckpt_dir / runlog.METRICS_FILE).unlink(missing_ok=True)
+        metrics = self.ckpt_dir / runlog.METRICS_FILE
+        if state is None and metrics.exists():  # a fresh run: an old run's rows (or a killed one's) are kept aside
+            metrics.rename(self.ckpt_dir / f"metrics-before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
         self.batches_per_epoch = len(self.train_set) // tc.batch_size
 
     # --- checkpoints -------------------------------------------------------------------
@@ -271,17 +276,22 @@ class Trainer:
     def fit(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
 
+        if self._fitted:
+            raise RuntimeError("a Trainer runs once: to continue, make a new one with resume=\"latest\"")
+        self._fitted = True
         tc = self.cfg.train
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        fresh = self.opt_step == 0
-        writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
-        if fresh:
-            runlog.add_graph(writer, self.model.net, self.val_set[0], self.device)
+        writer, bar = None, None
         t0, samples, stopped_early = time.time(), 0, False
-        deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
-        bar = tqdm(total=tc.epochs * self.batches_per_epoch, initial=self.epoch * self.batches_per_epoch + self.batch_in_epoch,
-                   desc=f"train {self.cfg.preset}", unit="step", disable=not self.progress)
         try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            fresh = self.opt_step == 0
+            writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
+            if fresh:
+                runlog.add_graph(writer, self.model.net, self.val_set[0], self.device)
+            deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
+            bar = tqdm(total=tc.epochs * self.batches_per_epoch,
+                       initial=self.epoch * self.batches_per_epoch + self.batch_in_epoch,
+                       desc=f"train {self.cfg.preset}", unit="step", disable=not self.progress)
             while self.epoch < tc.epochs and not stopped_early:
                 self.model.train()
                 for i, batch in self._batches(self.epoch, self.batch_in_epoch):
@@ -302,8 +312,10 @@ class Trainer:
                 self._end_epoch(writer, bar)
             runlog.add_hparams(writer, self.cfg.to_dict(), self.last_val, self.best_val)
         finally:
-            bar.close()
-            writer.close()
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
             self.close()  # the run folder is free again, however the run ended
         seconds = time.time() - t0
         return TrainResult(self.ckpt_dir, self.tb_dir, self.epoch, self.opt_step, self.last_val, self.best_val, seconds,
