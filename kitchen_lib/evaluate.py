@@ -174,6 +174,7 @@ def plot_time_to_quality(result: dict):
         ax.set(title=f"{title}", xlabel="training minutes (2-core CPU)", ylabel="PSNR (dB)")
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=8)
-    fig.suptitle(f"Held-out PSNR vs training time, cpu preset, {result.get('default_sampler', '')}", fontsize=10)
+    fig.suptitle(f"Held-out PSNR vs training time, {result.get('preset', 'cpu')} preset, {result.get('default_sampler', '')}",
+                 fontsize=10)
     fig.tight_layout()
     return fig
