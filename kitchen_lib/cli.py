@@ -12,58 +12,11 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from kitchen_lib import flags
 from kitchen_lib.config import PRESETS
 from kitchen_lib.datasets import D4RL_DATASET_IDS, OFFLINE_DATASET_ID, DatasetError, generate_dataset, open_dataset
-from kitchen_lib.paths import check_writable
 from kitchen_lib.render import DEFAULT_QUALITY, QUALITIES
-
-
-def _at_least(lowest: float, kind: type = int):
-    """An argparse type: a number of `kind` no smaller than `lowest` (the message names the flag)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {'whole number' if kind is int else 'number'}, got {text!r}") from None
-        if not value >= lowest:
-            raise argparse.ArgumentTypeError(f"must be at least {lowest:g} (got {text})")
-        return value
-    return parse
-
-
-def _device(text: str) -> str:
-    from kitchen_lib.device import check_device
-
-    try:
-        return check_device(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _positive(text: str) -> float:
-    value = _at_least(0.0, float)(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be positive (got {text})")
-    return value
-
-
-def _output(*suffixes: str):
-    """An argparse type for a file to write: one of `suffixes`, in a folder that can be written."""
-    def parse(text: str) -> str:
-        path = Path(text)
-        if path.suffix.lower() not in suffixes:
-            raise argparse.ArgumentTypeError(f"{text!r}: the file name must end in {' or '.join(suffixes)}")
-        try:
-            check_writable(path.parent, "the output file")
-        except PermissionError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        if path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
-        return text
-    return parse
 
 
 def cmd_quickstart(a: argparse.Namespace) -> None:
@@ -199,7 +152,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", default=None, help="default: the dataset the model was trained on")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, type=_device, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default=None, type=flags.device, help="auto (default), cpu, cuda, cuda:N or mps")
     flags.add_config_flags(p, ["sampler"])
 
 
@@ -226,11 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=OFFLINE_DATASET_ID,
                    help=f"Minari dataset id: ours ({OFFLINE_DATASET_ID}) or D4RL's ({', '.join(D4RL_DATASET_IDS)})")
     p.add_argument("--download", action="store_true", help="download a D4RL dataset if it is not local (needs internet)")
-    p.add_argument("--episode", type=_at_least(0), default=0)
-    p.add_argument("--step", type=_at_least(0), default=0, help="the env step of the frame")
-    p.add_argument("--size", type=_at_least(1), default=128)
+    p.add_argument("--episode", type=flags.at_least(0), default=0)
+    p.add_argument("--step", type=flags.at_least(0), default=0, help="the env step of the frame")
+    p.add_argument("--size", type=flags.at_least(1), default=128)
     p.add_argument("--quality", choices=QUALITIES, default=DEFAULT_QUALITY)
-    p.add_argument("--out", default="frame.png", type=_output(".png"))
+    p.add_argument("--out", default="frame.png", type=flags.output(".png"))
     p.set_defaults(func=cmd_render)
 
     for name, groups, about in (("pairs", ["data"], "build (or load) the cached (current, future) frame pairs"),
@@ -255,29 +208,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="predict frames with a trained model: a grid of current | predicted | actual")
     _model_args(p)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--n", type=_at_least(1), default=8)
-    p.add_argument("--scale", type=_at_least(1), default=2, help="enlarge the grid this many times")
-    p.add_argument("--out", default="grid.png", type=_output(".png"))
+    p.add_argument("--n", type=flags.at_least(1), default=8)
+    p.add_argument("--scale", type=flags.at_least(1), default=2, help="enlarge the grid this many times")
+    p.add_argument("--out", default="grid.png", type=flags.output(".png"))
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("evaluate", help="score the model and the baselines on held-out episodes")
     _model_args(p)
     p.add_argument("--regression", default=None, help="regression baseline checkpoint (default: <run>-regression beside it)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
-    p.add_argument("--max_pairs", type=_at_least(1), default=None, help="evaluate an evenly spread subset (DDPM-1000 is slow)")
-    p.add_argument("--mean_of", type=_at_least(0), default=4, help="samples averaged for the diffusion_mean method (0 or 1: skip it)")
-    p.add_argument("--json", default=None, metavar="PATH", type=_output(".json"), help="also write the results as JSON")
+    p.add_argument("--max_pairs", type=flags.at_least(1), default=None, help="evaluate an evenly spread subset (DDPM-1000 is slow)")
+    p.add_argument("--mean_of", type=flags.at_least(0), default=4, help="samples averaged for the diffusion_mean method (0 or 1: skip it)")
+    p.add_argument("--json", default=None, metavar="PATH", type=flags.output(".json"), help="also write the results as JSON")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("rollout", help="feed predictions back for N steps; write truth | prediction | difference as GIF/MP4")
     _model_args(p)
-    p.add_argument("--episode", type=_at_least(0), default=0)
-    p.add_argument("--start", type=_at_least(0), default=0, help="env step to start from")
-    p.add_argument("--horizon", type=_at_least(1), default=20, help="predictions fed back, k env steps each")
-    p.add_argument("--fps", type=_positive, default=4.0)
-    p.add_argument("--actions_of", type=_at_least(0), default=None, help="drive a world model with this episode's actions instead")
-    p.add_argument("--json", default=None, metavar="PATH", type=_output(".json"), help="also write PSNR per step (model and hold) as JSON")
-    p.add_argument("--out", default="rollout.gif", type=_output(".gif", ".mp4"))
+    p.add_argument("--episode", type=flags.at_least(0), default=0)
+    p.add_argument("--start", type=flags.at_least(0), default=0, help="env step to start from")
+    p.add_argument("--horizon", type=flags.at_least(1), default=20, help="predictions fed back, k env steps each")
+    p.add_argument("--fps", type=flags.positive, default=4.0)
+    p.add_argument("--actions_of", type=flags.at_least(0), default=None, help="drive a world model with this episode's actions instead")
+    p.add_argument("--json", default=None, metavar="PATH", type=flags.output(".json"), help="also write PSNR per step (model and hold) as JSON")
+    p.add_argument("--out", default="rollout.gif", type=flags.output(".gif", ".mp4"))
     p.set_defaults(func=cmd_rollout)
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", help="show the traceback of an error (also KITCHEN_DEBUG=1)")

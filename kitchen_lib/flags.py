@@ -14,6 +14,7 @@ import inspect
 import math
 import re
 import typing
+from pathlib import Path
 
 from kitchen_lib.conditioning import ConditioningConfig
 from kitchen_lib.config import RunConfig, TrainConfig, preset, with_overrides
@@ -22,6 +23,7 @@ from kitchen_lib.device import check_device
 from kitchen_lib.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SAMPLERS, SCHEDULES, DiffusionConfig, SamplerConfig
 from kitchen_lib.model import OBJECTIVES
 from kitchen_lib.pairs import PairsConfig
+from kitchen_lib.paths import check_writable
 from kitchen_lib.render import QUALITIES
 from kitchen_lib.unet import UNetConfig
 
@@ -141,3 +143,48 @@ def sampler_from_args(args: argparse.Namespace, default: SamplerConfig | None = 
     sampler = dataclasses.replace(default, **fields)
     sampler.validate()
     return sampler
+
+
+# Value types for the subcommands' own flags: a bad value is an argparse error that names the flag.
+
+def at_least(lowest: float, kind: type = int):
+    """An argparse type: a number of `kind` no smaller than `lowest` (the message names the flag)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {'whole number' if kind is int else 'number'}, got {text!r}") from None
+        if not value >= lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest:g} (got {text})")
+        return value
+    return parse
+
+
+def device(text: str) -> str:
+    try:
+        return check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive(text: str) -> float:
+    value = at_least(0.0, float)(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be positive (got {text})")
+    return value
+
+
+def output(*suffixes: str):
+    """An argparse type for a file to write: one of `suffixes`, in a folder that can be written."""
+    def parse(text: str) -> str:
+        path = Path(text)
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text!r}: the file name must end in {' or '.join(suffixes)}")
+        try:
+            check_writable(path.parent, "the output file")
+        except PermissionError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")
+        return text
+    return parse
