@@ -25,6 +25,7 @@ from kitchen_lib.inference import load_predictor
 from kitchen_lib.locks import clean_stale, folder_lock
 from kitchen_lib.pairs import CacheError, PairsConfig, _build, _used_lengths, cache_dir_for, load_cache
 from kitchen_lib.paths import data_dir
+from kitchen_lib.runs import resume_candidates
 from kitchen_lib.train import Trainer, TrainingDiverged, train
 
 
@@ -243,7 +244,8 @@ def test_kill_9_during_training_at_random_moments_then_the_next_run_recovers(sma
         folder = tmp_path / f"run{i}"
         args = cli_train(small_dataset, folder, "--epochs", "8")
         killed += _kill_at(args, rng.uniform(3, 12)) is None
-        resume = ["--resume_from_checkpoint", "latest"] if list(folder.glob("*.pt")) else []
+        # a kill during the first save leaves only a temp file (".latest.pt.tmp<pid>.<8>.pt"): not a checkpoint
+        resume = ["--resume_from_checkpoint", "latest"] if resume_candidates(folder) else []
         resumed += bool(resume)
         out = subprocess.run(args + resume, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, (i, resume, out.stderr[-2000:])
