@@ -21,7 +21,8 @@ SMALL_ID = "kitchen-diffusion/test-small-v0"
 @pytest.fixture(scope="session")
 def small_dataset() -> str:
     """Three short real expert episodes (60 steps each) in the temporary store."""
-    from kitchen_lib.datasets import generate_dataset, is_local
+    from kitchen_lib.datasets import is_local
+    from kitchen_lib.generate import generate_dataset
 
     if not is_local(SMALL_ID):
         generate_dataset(SMALL_ID, episodes=3, seed=1, max_steps=60, progress=False)
@@ -30,7 +31,8 @@ def small_dataset() -> str:
 
 @pytest.fixture(scope="session")
 def small_pairs(small_dataset):
-    from kitchen_lib.pairs import PairsConfig, build_pairs
+    from kitchen_lib.pairs import PairsConfig
+    from kitchen_lib.pairs_cache import build_pairs
 
     return build_pairs(PairsConfig(dataset=small_dataset, k=5, size=32), progress=False)
 
@@ -48,3 +50,8 @@ def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(_SESSION_ROOT, ignore_errors=True)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--browser-screenshots", metavar="DIR", default=None,
+                     help="also keep the browser test's screenshots in DIR (tests/test_browser.py)")

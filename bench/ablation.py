@@ -30,7 +30,7 @@ from kitchen_lib.config import preset, with_overrides  # noqa: E402
 from kitchen_lib.diffusion import SamplerConfig  # noqa: E402
 from kitchen_lib.evaluate import evaluate  # noqa: E402
 from kitchen_lib.inference import load_predictor  # noqa: E402
-from kitchen_lib.pairs import build_pairs  # noqa: E402
+from kitchen_lib.pairs_cache import build_pairs  # noqa: E402
 from kitchen_lib.train import Trainer  # noqa: E402
 
 ORIGINAL = {"prediction": "eps", "schedule": "linear", "residual": False, "loss_weighting": "none"}

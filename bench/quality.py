@@ -43,7 +43,7 @@ from kitchen_lib.config import preset, with_overrides  # noqa: E402
 from kitchen_lib.diffusion import SamplerConfig  # noqa: E402
 from kitchen_lib.evaluate import evaluate, format_table, plot_time_to_quality  # noqa: E402
 from kitchen_lib.inference import load_predictor  # noqa: E402
-from kitchen_lib.pairs import build_pairs  # noqa: E402
+from kitchen_lib.pairs_cache import build_pairs  # noqa: E402
 from kitchen_lib.paths import atomic_path, data_dir  # noqa: E402
 from kitchen_lib.rollout import mean_rollouts  # noqa: E402
 from kitchen_lib.train import Trainer  # noqa: E402

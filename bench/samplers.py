@@ -28,7 +28,7 @@ from _common import machine, table, write_json  # noqa: E402
 
 from kitchen_lib.diffusion import SamplerConfig  # noqa: E402
 from kitchen_lib.evaluate import evaluate, load_with_regression  # noqa: E402
-from kitchen_lib.pairs import build_pairs  # noqa: E402
+from kitchen_lib.pairs_cache import build_pairs  # noqa: E402
 from kitchen_lib.rollout import mean_rollouts  # noqa: E402
 
 

@@ -15,7 +15,8 @@ import traceback
 
 from kitchen_lib import flags
 from kitchen_lib.config import PRESETS
-from kitchen_lib.datasets import D4RL_DATASET_IDS, OFFLINE_DATASET_ID, DatasetError, generate_dataset, open_dataset
+from kitchen_lib.datasets import D4RL_DATASET_IDS, OFFLINE_DATASET_ID, DatasetError, open_dataset
+from kitchen_lib.generate import generate_dataset
 from kitchen_lib.render import DEFAULT_QUALITY, QUALITIES
 
 
@@ -58,7 +59,7 @@ def _config_with_dataset(a: argparse.Namespace):
 
 
 def cmd_pairs(a: argparse.Namespace) -> None:
-    from kitchen_lib.pairs import build_pairs
+    from kitchen_lib.pairs_cache import build_pairs
     from kitchen_lib.quickstart import format_pairs_summary
 
     cfg = _config_with_dataset(a)
@@ -242,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     and exits 2; a bug in kitchen_lib exits 1 with its traceback. --debug (or KITCHEN_DEBUG=1)
     prints the traceback for the first kind too."""
     from kitchen_lib.checkpoint import CheckpointError
+    from kitchen_lib.divergence import TrainingDiverged
     from kitchen_lib.locks import FolderBusy
-    from kitchen_lib.pairs import CacheError
-    from kitchen_lib.train import TrainingDiverged
+    from kitchen_lib.pairs_cache import CacheError
 
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("KITCHEN_DEBUG", "") not in ("", "0")

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from kitchen_lib.checkpoint import CheckpointError, config_differences
 from kitchen_lib.conditioning import ConditioningConfig
-from kitchen_lib.datasets import SMOKE_DATASET_ID, GenerateConfig
+from kitchen_lib.datasets import SMOKE_DATASET_ID
 from kitchen_lib.diffusion import DiffusionConfig, SamplerConfig
+from kitchen_lib.generate import GenerateConfig
 from kitchen_lib.model import OBJECTIVES, FrameModel
 from kitchen_lib.pairs import PairsConfig
 from kitchen_lib.paths import data_dir

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from kitchen_lib.conditioning import ConditioningConfig
 from kitchen_lib.config import RunConfig, TrainConfig, preset, with_overrides
-from kitchen_lib.datasets import GenerateConfig
 from kitchen_lib.device import check_device
 from kitchen_lib.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SAMPLERS, SCHEDULES, DiffusionConfig, SamplerConfig
+from kitchen_lib.generate import GenerateConfig
 from kitchen_lib.model import OBJECTIVES
 from kitchen_lib.pairs import PairsConfig
 from kitchen_lib.paths import check_writable

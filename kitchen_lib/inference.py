@@ -15,7 +15,8 @@ from kitchen_lib.device import pick_device
 from kitchen_lib.diffusion import SamplerConfig
 from kitchen_lib.images import image_grid, to_image, to_tensor
 from kitchen_lib.model import FrameModel
-from kitchen_lib.pairs import PairsCache, build_pairs
+from kitchen_lib.pairs import PairsCache
+from kitchen_lib.pairs_cache import build_pairs
 from kitchen_lib.unet import channels_last
 
 

@@ -20,8 +20,8 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 LOCK_NAME = ".lock"
@@ -127,6 +127,30 @@ def folder_lock(folder: str | Path, what: str, wait: bool = False, on_wait=None,
     finally:
         _HELD.discard(fd)
         os.close(fd)  # closing releases the lock
+
+
+def claim_folder(folder: str | Path, what: str, setup: Callable[[], None]) -> ExitStack:
+    """Lock `folder` for as long as the returned stack stays open, and run `setup` holding it.
+
+    If `setup` fails, the lock is released and a folder made here is removed again: a run that
+    never started leaves no folder behind."""
+    folder = Path(folder)
+    created = not folder.exists()
+    held = ExitStack()
+    held.enter_context(folder_lock(folder, what))
+    try:
+        setup()
+    except BaseException:
+        if created:  # unlinked while still ours
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+        held.close()
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty after all: leave it
+                pass
+        raise
+    return held
 
 
 def _umask() -> int:

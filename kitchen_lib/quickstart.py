@@ -9,10 +9,11 @@ from pathlib import Path
 
 from kitchen_lib.baselines import copy_baseline
 from kitchen_lib.config import preset
-from kitchen_lib.datasets import generate_dataset, is_local
+from kitchen_lib.datasets import is_local
+from kitchen_lib.generate import generate_dataset
 from kitchen_lib.images import save_png
 from kitchen_lib.inference import load_predictor, prediction_grid
-from kitchen_lib.pairs import build_pairs
+from kitchen_lib.pairs_cache import build_pairs
 from kitchen_lib.runs import resume_candidates, saved_checkpoints
 from kitchen_lib.train import train
 

@@ -1,4 +1,4 @@
-"""Where runs live: the folder rules for checkpoints, in one place.
+"""Where runs live: the folder rules for checkpoints, and which one a resume loads, in one place.
 
     <data dir>/checkpoints/<preset>                         a diffusion run of the CLI
     <data dir>/checkpoints/<preset>-regression              its regression baseline
@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
 from kitchen_lib.paths import data_dir
 
 
@@ -69,3 +70,36 @@ def resume_candidates(run_dir: Path) -> list[Path]:
     """Where "resume latest" looks, in order: latest.pt, the epoch_*.pt newest first, best.pt."""
     run_dir = Path(run_dir)
     return [p for p in [run_dir / "latest.pt", *reversed(epoch_checkpoints(run_dir)), run_dir / "best.pt"] if p.is_file()]
+
+
+def checkpoints_to_replace(run_dir: Path, overwrite: bool) -> list[Path]:
+    """The checkpoints a fresh run in `run_dir` would replace: refused unless `overwrite` (the
+    caller deletes them only once its own run is ready to start)."""
+    held = saved_checkpoints(run_dir)
+    if held and not overwrite:
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({', '.join(p.name for p in held)}); resume it with "
+            f"--resume_from_checkpoint latest, start over with --overwrite, or choose another --checkpoint_dir. "
+            f"Nothing was overwritten.")
+    return held
+
+
+def load_resumable(run_dir: Path, resume: str) -> tuple[Path, dict]:
+    """The checkpoint to resume, loaded: a path or "best" as asked; "latest" falls back to the
+    newest epoch_*.pt, then best.pt, if latest.pt is missing or unreadable (and says so)."""
+    if resume != "latest":
+        path = resolve_checkpoint(run_dir, resume)
+        return path, load_checkpoint(path)
+    tried = []
+    for path in resume_candidates(run_dir):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            tried.append(f"{path.name}: {str(e).split(':', 1)[-1].strip()[:120]}")
+            continue
+        if tried:
+            print(f"resuming from {path.name}, the newest checkpoint that loads (skipped: {'; '.join(tried)})",
+                  flush=True)
+        return path, state
+    raise CheckpointError(f"nothing to resume in {run_dir}: " + ("; ".join(tried) if tried else
+                          "it holds no checkpoint. Train one first (without --resume_from_checkpoint)."))

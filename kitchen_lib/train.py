@@ -10,9 +10,7 @@ the epoch it was taken.
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,51 +18,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
-from kitchen_lib import runlog
-from kitchen_lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from kitchen_lib import divergence, runlog
+from kitchen_lib.checkpoint import CheckpointError, save_checkpoint
 from kitchen_lib.conditioning import ConditionedPairs
-from kitchen_lib.config import RunConfig, TrainConfig, build_model, check_resumable, preset, with_overrides
-from kitchen_lib.datasets import ensure_dataset
+from kitchen_lib.config import RunConfig, build_model, check_resumable
 from kitchen_lib.device import pick_device
 from kitchen_lib.inference import Predictor, prediction_grid
-from kitchen_lib.locks import LOCK_NAME, clean_stale, folder_lock
-from kitchen_lib.pairs import build_pairs
-from kitchen_lib.runs import (
-    find_checkpoint,
-    regression_beside,
-    resolve_checkpoint,
-    resume_candidates,
-    saved_checkpoints,
-)
+from kitchen_lib.locks import claim_folder, clean_stale
+from kitchen_lib.lr_schedule import lr_factor
+from kitchen_lib.pairs_cache import build_pairs
+from kitchen_lib.progress import advance, progress_bar
+from kitchen_lib.runs import checkpoints_to_replace, load_resumable
 from kitchen_lib.unet import channels_last, count_parameters
-
-
-class TrainingDiverged(RuntimeError):
-    """The run blew up (a non-finite or exploding loss, gradient or weights); nothing was saved after it."""
-
-
-# A loss this many times the run's early median, or a validation loss this many times its best,
-# is a blow-up, not noise: healthy runs stay within a few times their first losses.
-DIVERGENCE_FACTOR = 100.0
-REFERENCE_STEPS = 20  # the first optimizer steps whose median loss is the run's reference
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-def lr_factor(tc: TrainConfig, step: int) -> float:
-    """Learning-rate multiplier at optimizer step `step`: linear warm-up, then constant or a
-    cosine decay to `lr_final_fraction` over `lr_decay_steps` (counted in steps, not minutes,
-    so a resumed run follows the same curve)."""
-    warm = min(1.0, (step + 1) / max(1, tc.warmup_steps))
-    if not tc.lr_decay_steps:
-        return warm
-    done = min(1.0, max(0, step - tc.warmup_steps) / max(1, tc.lr_decay_steps - tc.warmup_steps))
-    return warm * (tc.lr_final_fraction + (1 - tc.lr_final_fraction) * 0.5 * (1 + math.cos(math.pi * done)))
 
 
 @dataclass
@@ -90,21 +61,8 @@ class Trainer:
         cfg.validate()  # before any work
         self.ckpt_dir = cfg.checkpoint_dir()
         # One run per folder, for the run's life: the OS drops the lock if the process dies.
-        created = not self.ckpt_dir.exists()
-        self._lock = ExitStack()
-        self._lock.enter_context(folder_lock(self.ckpt_dir, "this training run"))
-        try:
-            self._setup(resume, force_rebuild, overwrite)
-        except BaseException:
-            if created:  # a run that never started leaves no folder behind (unlinked while still ours)
-                (self.ckpt_dir / LOCK_NAME).unlink(missing_ok=True)
-            self.close()
-            if created:
-                try:
-                    self.ckpt_dir.rmdir()
-                except OSError:  # not empty after all: leave it
-                    pass
-            raise
+        self._lock = claim_folder(self.ckpt_dir, "this training run",
+                                  lambda: self._setup(resume, force_rebuild, overwrite))
 
     def close(self) -> None:
         """Release the run folder (fit() does this when it ends)."""
@@ -116,15 +74,10 @@ class Trainer:
         clean_stale(self.ckpt_dir)  # temp files of killed runs
         state, held = None, []
         if resume:
-            path, state = self._load_resumable(resume)
+            path, state = load_resumable(self.ckpt_dir, resume)
             check_resumable(path, state["config"], cfg)
         else:
-            held = saved_checkpoints(self.ckpt_dir)
-            if held and not overwrite:
-                raise CheckpointError(
-                    f"{self.ckpt_dir} already holds a run ({', '.join(p.name for p in held)}); resume it with "
-                    f"--resume_from_checkpoint latest, start over with --overwrite, or choose another --checkpoint_dir. "
-                    f"Nothing was overwritten.")
+            held = checkpoints_to_replace(self.ckpt_dir, overwrite)
 
         self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild, progress=self.progress)
         self.train_set = ConditionedPairs(self.cache, "train", cfg.conditioning)
@@ -195,30 +148,8 @@ class Trainer:
         self.tb_dir = Path(s["tensorboard_dir"])
         runlog.truncate_metrics(self.ckpt_dir, self.opt_step)
 
-    def _load_resumable(self, resume: str) -> tuple[Path, dict]:
-        """The checkpoint to resume: a path or "best" as asked; "latest" falls back to the newest
-        epoch_*.pt, then best.pt, if latest.pt is missing or unreadable (and says so)."""
-        if resume != "latest":
-            path = resolve_checkpoint(self.ckpt_dir, resume)
-            return path, load_checkpoint(path)
-        tried = []
-        for path in resume_candidates(self.ckpt_dir):
-            try:
-                state = load_checkpoint(path)
-            except CheckpointError as e:
-                tried.append(f"{path.name}: {str(e).split(':', 1)[-1].strip()[:120]}")
-                continue
-            if tried:
-                print(f"resuming from {path.name}, the newest checkpoint that loads (skipped: {'; '.join(tried)})",
-                      flush=True)
-            return path, state
-        raise CheckpointError(f"nothing to resume in {self.ckpt_dir}: " + ("; ".join(tried) if tried else
-                              "it holds no checkpoint. Train one first (without --resume_from_checkpoint)."))
-
     def _save(self, name: str) -> Path:
-        bad = [n for n, p in self.model.net.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            self._diverged(f"weights became non-finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        self._stop_if(divergence.weights_problem(self.model.net))
         path = self.ckpt_dir / name
         try:
             save_checkpoint(self._state(), path)
@@ -228,17 +159,11 @@ class Trainer:
         self.saved_step = self.opt_step
         return path
 
-    def _diverged(self, what: str) -> None:
-        """Stop without saving: drop the metrics rows after the last checkpoint and say how to go on."""
-        runlog.truncate_metrics(self.ckpt_dir, self.saved_step)
-        kept = [p.name for p in saved_checkpoints(self.ckpt_dir)]
-        lr = self.cfg.train.learning_rate
-        then = (f"The checkpoints saved before it ({', '.join(kept)}) are intact: resume with a lower learning rate, "
-                f"e.g. --resume_from_checkpoint latest --learning_rate {lr / 10:g}" if kept
-                else "No checkpoint had been saved yet: start again with a lower --learning_rate, e.g. "
-                     f"{lr / 10:g}")
-        raise TrainingDiverged(f"training diverged at optimizer step {self.opt_step} (epoch {self.epoch}): {what}; "
-                               f"nothing was saved after step {self.saved_step}. {then}.")
+    def _stop_if(self, problem: str | None) -> None:
+        """Stop without saving if a divergence check found a blow-up."""
+        if problem is not None:
+            raise divergence.diverged_error(self.ckpt_dir, problem, self.opt_step, self.epoch, self.saved_step,
+                                            self.cfg.train.learning_rate)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -289,9 +214,8 @@ class Trainer:
             if fresh:
                 runlog.add_graph(writer, self.model.net, self.val_set[0], self.device)
             deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
-            bar = tqdm(total=tc.epochs * self.batches_per_epoch,
-                       initial=self.epoch * self.batches_per_epoch + self.batch_in_epoch,
-                       desc=f"train {self.cfg.preset}", unit="step", disable=not self.progress)
+            bar = progress_bar(self.cfg.preset, tc, self.epoch * self.batches_per_epoch + self.batch_in_epoch,
+                               tc.epochs * self.batches_per_epoch, enabled=self.progress)
             while self.epoch < tc.epochs and not stopped_early:
                 self.model.train()
                 for i, batch in self._batches(self.epoch, self.batch_in_epoch):
@@ -299,8 +223,7 @@ class Trainer:
                     self.batch_in_epoch = i + 1
                     samples += len(batch["current"])
                     self._log_step(loss, gnorm, writer)
-                    bar.update()
-                    bar.set_postfix(loss=f"{loss:.4f}", epoch=self.epoch)
+                    advance(bar, tc, t0, self.opt_step, self.epoch, loss)
                     if time.time() > deadline:
                         stopped_early = True
                         break
@@ -325,19 +248,14 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             loss = self.model.loss(batch, self.noise_gen)
         value = loss.item()
-        if not math.isfinite(value):
-            self._diverged(f"loss became {value}")
-        if len(self.early_losses) >= 2 and value > DIVERGENCE_FACTOR * statistics.median(self.early_losses):
-            self._diverged(f"loss {value:.3g} is over {DIVERGENCE_FACTOR:g}x the run's early median "
-                           f"{statistics.median(self.early_losses):.3g}")
-        if len(self.early_losses) < REFERENCE_STEPS:
+        self._stop_if(divergence.loss_problem(value, self.early_losses))
+        if len(self.early_losses) < divergence.REFERENCE_STEPS:
             self.early_losses.append(value)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), self.cfg.train.grad_clip))
-        if not math.isfinite(gnorm) and not self.use_amp:  # AMP's scaler skips such steps itself
-            self._diverged(f"gradient norm became {gnorm}")
+        self._stop_if(divergence.grad_norm_problem(gnorm, self.use_amp))
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
@@ -357,9 +275,7 @@ class Trainer:
     def _end_epoch(self, writer, bar) -> None:
         tc = self.cfg.train
         self.last_val = self.validate()
-        if not math.isfinite(self.last_val) or (math.isfinite(self.best_val)
-                                                  and self.last_val > DIVERGENCE_FACTOR * self.best_val):
-            self._diverged(f"validation loss {self.last_val:.3g} (best so far {self.best_val:.3g})")
+        self._stop_if(divergence.val_loss_problem(self.last_val, self.best_val))
         writer.add_scalar("loss/val", self.last_val, self.opt_step)
         runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, val_loss=self.last_val)
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -378,26 +294,3 @@ def train(cfg: RunConfig, resume: str | None = None, progress: bool = True, forc
           overwrite: bool = False) -> TrainResult:
     return Trainer(cfg, resume=resume, progress=progress, force_rebuild=force_rebuild, overwrite=overwrite).fit()
 
-
-def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = ("diffusion",),
-                   checkpoint: str | Path | None = None) -> Path:
-    """The model a notebook shows: `checkpoint` if given, else the newest run of the preset.
-
-    In smoke mode a missing model is trained on the spot (seconds), with a regression twin if
-    asked for; otherwise a missing model is an error that says how to train one."""
-    if checkpoint is not None:
-        return Path(checkpoint)
-    found = find_checkpoint(preset_name)
-    twins = found is not None and all(o == "diffusion" or regression_beside(found) for o in objectives)
-    if twins or (found is not None and not smoke):  # outside smoke mode a missing twin is shown as missing
-        return found
-    if not smoke:
-        raise FileNotFoundError(f"no trained model yet: run notebook 05 or `python -m kitchen_lib train --preset {preset_name}`")
-    cfg = preset(preset_name)
-    ensure_dataset(cfg.data.dataset, cfg.generate, progress=False)
-    run = cfg.root() / "checkpoints" / f"notebook-{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for objective in objectives:
-        folder = run if objective == "diffusion" else run.with_name(f"{run.name}-{objective}")
-        train(with_overrides(cfg, train={"checkpoint_dir": str(folder), "objective": objective, "log_images": False}),
-              progress=False)
-    return run / "best.pt"

@@ -16,7 +16,7 @@ from kitchen_lib.conditioning import (
 )
 from kitchen_lib.config import build_model, preset, with_overrides
 from kitchen_lib.datasets import load_episode
-from kitchen_lib.pairs import load_cache
+from kitchen_lib.pairs_cache import load_cache
 from kitchen_lib.unet import ConditionalUNet, ResBlock, UNetConfig
 
 WORLD = ConditioningConfig(context_frames=3, actions=True, proprio=True)

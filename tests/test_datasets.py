@@ -7,11 +7,11 @@ from kitchen_lib.datasets import (
     DatasetError,
     dataset_path,
     episode_lengths,
-    generate_dataset,
     iter_episodes,
     open_dataset,
     store_path,
 )
+from kitchen_lib.generate import generate_dataset
 
 
 def _listing(root):

@@ -8,7 +8,8 @@ from kitchen_lib.diffusion import SamplerConfig
 from kitchen_lib.evaluate import evaluate
 from kitchen_lib.inference import load_predictor, pairs_for
 from kitchen_lib.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map
-from kitchen_lib.pairs import PairsConfig, build_pairs
+from kitchen_lib.pairs import PairsConfig
+from kitchen_lib.pairs_cache import build_pairs
 from kitchen_lib.rollout import rollout, save_animation
 from kitchen_lib.runs import regression_beside
 from kitchen_lib.train import train

@@ -10,16 +10,8 @@ import torch
 
 from kitchen_lib.datasets import iter_episodes
 from kitchen_lib.images import to_grayscale
-from kitchen_lib.pairs import (
-    CacheError,
-    FramePairs,
-    PairsConfig,
-    build_pairs,
-    cache_dir_for,
-    load_cache,
-    pair_steps,
-    split_episodes,
-)
+from kitchen_lib.pairs import FramePairs, PairsConfig, pair_steps, split_episodes
+from kitchen_lib.pairs_cache import CacheError, build_pairs, cache_dir_for, load_cache
 from kitchen_lib.paths import data_dir
 from kitchen_lib.render import KitchenRenderer
 

@@ -21,12 +21,14 @@ from kitchen_lib.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from kitchen_lib.cli import main
 from kitchen_lib.config import preset, with_overrides
 from kitchen_lib.datasets import store_path
+from kitchen_lib.divergence import TrainingDiverged
 from kitchen_lib.inference import load_predictor
 from kitchen_lib.locks import clean_stale, folder_lock
-from kitchen_lib.pairs import CacheError, PairsConfig, _build, _used_lengths, cache_dir_for, load_cache
+from kitchen_lib.pairs import PairsConfig
+from kitchen_lib.pairs_cache import CacheError, _build, _used_lengths, cache_dir_for, load_cache
 from kitchen_lib.paths import data_dir
 from kitchen_lib.runs import resume_candidates
-from kitchen_lib.train import Trainer, TrainingDiverged, train
+from kitchen_lib.train import Trainer, train
 
 
 def snapshot(*roots: Path) -> dict[str, tuple[int, str]]:

@@ -12,8 +12,11 @@ import torch
 
 from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
 from kitchen_lib.config import LEGACY_DIFFUSION, RunConfig, build_model, preset, with_overrides
+from kitchen_lib.divergence import TrainingDiverged
+from kitchen_lib.lr_schedule import lr_factor
+from kitchen_lib.progress import advance, progress_bar
 from kitchen_lib.runlog import read_metrics
-from kitchen_lib.train import Trainer, TrainingDiverged, lr_factor, train
+from kitchen_lib.train import Trainer, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -134,6 +137,22 @@ def test_time_budget_stops_cleanly_then_resumes(small_pairs, small_dataset, tmp_
     assert (s["epoch"], s["batch_in_epoch"], s["step"]) == (0, 1, 1)
     r2 = train(with_overrides(cfg, train={"max_minutes": None}), resume="latest", progress=False)
     assert not r2.stopped_early and r2.optimizer_steps == 3 * 7
+
+
+def test_a_time_budgeted_run_shows_its_budget_not_its_steps():
+    budget = with_overrides(preset("cpu"), train={"max_minutes": 20}).train
+    bar = progress_bar("cpu", budget, steps_done=0, steps_total=34400)
+    assert (bar.total, bar.unit, bar.desc) == (1200, "s", "train cpu (20 min budget)")
+    advance(bar, budget, time.time() - 30, step=7, epoch=0, loss=0.5)
+    assert bar.n == 30 and bar.postfix == "step=7, epoch=0, loss=0.5000"
+    advance(bar, budget, time.time() - 5000, step=8, epoch=0, loss=0.5)  # past the budget: full, not beyond
+    assert bar.n == 1200
+    bar.close()
+    no_budget = with_overrides(preset("cpu"), train={"max_minutes": None}).train
+    steps = progress_bar("cpu", no_budget, steps_done=5, steps_total=34400)
+    advance(steps, no_budget, time.time() - 30, step=6, epoch=0, loss=0.5)
+    assert (steps.total, steps.unit, steps.n, steps.desc) == (34400, "step", 6, "train cpu")
+    steps.close()
 
 
 def test_tensorboard_has_scalars_images_hparams_and_graph(small_pairs, small_dataset, tmp_path):
