@@ -59,4 +59,5 @@ def quickstart(preset_name: str = "cpu", log: Callable[[str], None] = print) -> 
     out = save_png(grid, cfg.root() / "samples" / f"quickstart_{preset_name}.png", scale=2)
     label = predictor.sampler.label(predictor.model.diffusion.T)
     log(f"wrote {out}: rows of current | predicted ({label}) | actual ({(time.time() - t0) / 6:.2f}s per frame)")
+    log("next, the course: jupyter lab notebooks/")
     return out

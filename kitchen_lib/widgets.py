@@ -18,6 +18,16 @@ from kitchen_lib.images import difference_image, png_bytes
 from kitchen_lib.metrics import capped_psnr
 
 
+def sized_image(height: int, width: int, scale: int, fmt: str = "png") -> widgets.Image:
+    """An image widget shown at exactly (height, width) x scale pixels.
+
+    Without a size JupyterLab stretches an image to the notebook's width: a 32 px frame at
+    scale 3 would be shown about 900 px wide, blocky, pushing the controls below the fold."""
+    layout = widgets.Layout(width=f"{width * scale}px", height=f"{height * scale}px", object_fit="contain",
+                            flex="0 0 auto")
+    return widgets.Image(format=fmt, layout=layout)
+
+
 class FramePlayer(widgets.VBox):
     """Scrub through frames with a slider and a Play button; an optional caption per step."""
 
@@ -27,12 +37,16 @@ class FramePlayer(widgets.VBox):
         self.play = widgets.Play(min=0, max=len(frames) - 1, interval=interval_ms, description="play")
         self.slider = widgets.IntSlider(min=0, max=len(frames) - 1, description="step", continuous_update=True)
         widgets.link((self.play, "value"), (self.slider, "value"))
-        self.image = widgets.Image(format="png")
+        self.image = sized_image(frames.shape[1], frames.shape[2], scale)
         self.label = widgets.Label()
         self._scale = scale
         self._caption = caption
         self.slider.observe(self._show, names="value")
         super().__init__([widgets.HBox([self.play, self.slider]), self.image, self.label])
+        # Class names let a browser test (tests/test_browser.py) find the parts.
+        self.add_class("kitchen-frame-player")
+        self.slider.add_class("kitchen-step")
+        self.label.add_class("kitchen-caption")
         self._show()
 
     def _show(self, change: dict | None = None) -> None:
@@ -66,16 +80,21 @@ class PredictionDemo(widgets.VBox):
         self.play = widgets.Play(min=0, max=1, interval=800, description="play")
         self.slider = widgets.IntSlider(min=0, max=1, description="step", continuous_update=False)
         widgets.link((self.play, "value"), (self.slider, "value"))
-        self.sampler = widgets.ToggleButtons(options=list(SAMPLERS), value=sampler.name, description="sampler")
+        self.sampler = widgets.ToggleButtons(options=list(SAMPLERS), value=sampler.name, description="sampler",
+                                             style={"button_width": "64px"})  # side by side, not stacked
         ddim_steps = SamplerConfig("ddim", sampler.steps).calls(predictor.model.diffusion.T)
         self.steps = widgets.IntSlider(min=1, max=200, value=ddim_steps, description="DDIM steps", continuous_update=False)
         self._eta = sampler.eta
-        titles = ["current", f"predicted (+{self.k})", f"actual (+{self.k})", "|predicted - actual|"]
-        self.images = [widgets.Image(format="png") for _ in titles]
-        panels = [widgets.VBox([widgets.Label(t), img]) for t, img in zip(titles, self.images, strict=True)]
+        titles = ["current", f"predicted (+{self.k})", f"actual (+{self.k})", "difference"]  # short: under 100 px
+        h, w = self._frames().shape[1:3]
+        self.images = [sized_image(h, w, scale) for _ in titles]
+        # Each title as wide as its image, with a gap: side by side they would run into each other.
+        panels = [widgets.VBox([widgets.Label(t, layout=widgets.Layout(width=f"{w * scale}px")), img],
+                               layout=widgets.Layout(margin="0 12px 0 0"))
+                  for t, img in zip(titles, self.images, strict=True)]
         self.info = widgets.Label()
         self.rollout_button = widgets.Button(description=f"Rollout {rollout_horizon} steps", icon="play")
-        self.rollout_view = widgets.Image(format="gif")
+        self.rollout_view = widgets.Image(format="gif", layout=widgets.Layout(display="none"))  # sized when filled
         self.rollout_info = widgets.Label()
         # A world model is told the actions: from this episode, or another's ("what if").
         self.world = predictor.conditioning.actions
@@ -90,11 +109,15 @@ class PredictionDemo(widgets.VBox):
         self.rollout_button.on_click(self.run_rollout)
         world_row = [widgets.HBox([self.actions_from, self.actions_info])] if self.world else []
         super().__init__([
-            widgets.HBox([self.episode, self.sampler, self.steps]),
+            widgets.HBox([self.episode, self.sampler, self.steps], layout=widgets.Layout(flex_flow="row wrap")),
             widgets.HBox([self.play, self.slider]), *world_row,
             widgets.HBox(panels), self.info,
             widgets.HBox([self.rollout_button, self.rollout_info]), self.rollout_view,
         ])
+        self.add_class("kitchen-prediction-demo")
+        for part, name in ((self.slider, "step"), (self.images[1], "predicted"), (self.info, "info"),
+                           (self.rollout_button, "rollout-button"), (self.rollout_view, "rollout")):
+            part.add_class(f"kitchen-{name}")
         self._on_episode()
 
     def _frames(self) -> np.ndarray:
@@ -158,7 +181,8 @@ class PredictionDemo(widgets.VBox):
                 return
         r = rollout_episode(self.predictor, self.cache, self.episode.value, t, horizon, self.sampler_config(), seed=t,
                             actions_of=other)
-        big = np.repeat(np.repeat(r.side_by_side(), self._scale, 1), self._scale, 2)
+        big = np.repeat(np.repeat(r.side_by_side(), self._scale, 1), self._scale, 2)  # (steps, H, W, C) x scale
         self.rollout_view.value = iio.imwrite("<bytes>", big, extension=".gif", duration=500, loop=0)
+        self.rollout_view.layout = sized_image(big.shape[1], big.shape[2], 1).layout
         self.rollout_info.value = (f"truth | prediction | difference, {horizon} steps of k={self.k} from step {t}; "
                                    f"PSNR per step: {' '.join(f'{p:.1f}' for p in r.psnr[1:])}")
