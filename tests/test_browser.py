@@ -178,23 +178,34 @@ def _wait_changed(read, before, what: str, timeout_s: float = 60):
     return now
 
 
-def test_frame_player_in_jupyterlab(lab, browser, shots):
+def _open_widget(browser, lab, notebook: str, css: str):
+    """Run a notebook in a new page and find its one widget of class `css`: (page, widget, seconds)."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    seconds = _run_notebook(page, lab, "01_explore_dataset.ipynb")
-    _check_widgets_rendered(page, "01")
-    player = page.locator(".kitchen-frame-player")
-    assert player.count() == 1
-    player.scroll_into_view_if_needed()
+    seconds = _run_notebook(page, lab, notebook)
+    _check_widgets_rendered(page, notebook[:2])
+    widget = page.locator(css)
+    assert widget.count() == 1
+    widget.scroll_into_view_if_needed()
+    return page, widget, seconds
+
+
+def _move_slider(page, widget, presses: int) -> None:
+    """Move the widget's step slider to the right by keyboard, as a person can."""
+    widget.locator(".kitchen-step .noUi-handle").focus()
+    for _ in range(presses):
+        page.keyboard.press("ArrowRight")
+
+
+def test_frame_player_in_jupyterlab(lab, browser, shots):
+    page, player, seconds = _open_widget(browser, lab, "01_explore_dataset.ipynb", ".kitchen-frame-player")
     image, label = player.locator("img.widget-image"), player.locator(".kitchen-caption")
     _check_not_stretched(image)
     shots(player, "01-player-start")
     first_pixels, first_caption = image.screenshot(), label.inner_text()
 
-    player.locator(".kitchen-step .noUi-handle").focus()  # the slider, moved by keyboard as a person can
-    for _ in range(12):
-        page.keyboard.press("ArrowRight")
+    _move_slider(page, player, 12)
     _wait_changed(label.inner_text, first_caption, "the caption after moving the slider")
-    assert _wait_changed(image.screenshot, first_pixels, "the frame after moving the slider") != first_pixels
+    _wait_changed(image.screenshot, first_pixels, "the frame after moving the slider")
     shots(player, "01-player-moved")
 
     moved_caption = label.inner_text()
@@ -207,12 +218,7 @@ def test_frame_player_in_jupyterlab(lab, browser, shots):
 
 
 def test_prediction_demo_in_jupyterlab(lab, browser, shots):
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    seconds = _run_notebook(page, lab, "06_inference_demo.ipynb")
-    _check_widgets_rendered(page, "06")
-    demo = page.locator(".kitchen-prediction-demo")
-    assert demo.count() == 1
-    demo.scroll_into_view_if_needed()
+    page, demo, seconds = _open_widget(browser, lab, "06_inference_demo.ipynb", ".kitchen-prediction-demo")
     sizes = _check_not_stretched(demo.locator("img.widget-image:not(.kitchen-rollout)"))
     assert len(sizes) == 4, sizes  # current | predicted | actual | difference
     predicted, info = demo.locator("img.kitchen-predicted"), demo.locator(".kitchen-info")
@@ -220,9 +226,7 @@ def test_prediction_demo_in_jupyterlab(lab, browser, shots):
     first_pixels, first_info = predicted.screenshot(), info.inner_text()
     assert "PSNR" in first_info
 
-    demo.locator(".kitchen-step .noUi-handle").focus()
-    for _ in range(15):
-        page.keyboard.press("ArrowRight")
+    _move_slider(page, demo, 15)
     moved_info = _wait_changed(info.inner_text, first_info, "the info label after moving the step slider")
     assert moved_info.startswith("step ") and "PSNR" in moved_info
     _wait_changed(predicted.screenshot, first_pixels, "the predicted image after moving the step slider")
