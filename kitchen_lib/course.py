@@ -19,7 +19,8 @@ def smoke_mode() -> bool:
 
 def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = ("diffusion",),
                    checkpoint: str | Path | None = None) -> Path:
-    """The model a notebook shows: `checkpoint` if given, else the newest run of the preset.
+    """The model a notebook shows: `checkpoint` if given, else the newest run of the preset, at
+    its last weights (latest.pt: a run stopped by its time budget trains on after its best.pt).
 
     In smoke mode a missing model is trained on the spot (seconds), with a regression twin if
     asked for; otherwise a missing model is an error that says how to train one."""
@@ -28,7 +29,7 @@ def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = 
     found = find_checkpoint(preset_name)
     twins = found is not None and all(o == "diffusion" or regression_beside(found) for o in objectives)
     if twins or (found is not None and not smoke):  # outside smoke mode a missing twin is shown as missing
-        return found
+        return last_weights(found)
     if not smoke:
         raise FileNotFoundError(f"no trained model yet: run notebook 05 or `python -m kitchen_lib train --preset {preset_name}`")
     cfg = preset(preset_name)
@@ -38,4 +39,10 @@ def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = 
         folder = run if objective == "diffusion" else run.with_name(f"{run.name}-{objective}")
         train(with_overrides(cfg, train={"checkpoint_dir": str(folder), "objective": objective, "log_images": False}),
               progress=False)
-    return run / "best.pt"
+    return last_weights(run / "best.pt")
+
+
+def last_weights(checkpoint: Path) -> Path:
+    """A run's latest.pt beside `checkpoint` if there is one, else `checkpoint`."""
+    latest = checkpoint.parent / "latest.pt"
+    return latest if latest.is_file() else checkpoint

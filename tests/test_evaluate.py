@@ -163,3 +163,16 @@ def test_find_checkpoint_prefers_the_newest_run(tmp_path, monkeypatch):
         os.utime(p, (1000 + i, 1000 + i))
     assert find_checkpoint("cpu") == newer  # the regression run is not a diffusion model
     assert find_checkpoint("cpu", "regression") == reg
+
+
+def test_notebooks_show_a_runs_last_weights(tmp_path, monkeypatch):
+    from kitchen_lib.course import ensure_trained
+
+    monkeypatch.setenv("KITCHEN_DATA_DIR", str(tmp_path))
+    run = tmp_path / "checkpoints" / "cpu"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"x")
+    assert ensure_trained("cpu", smoke=False) == run / "best.pt"  # a run with no latest.pt
+    (run / "latest.pt").write_bytes(b"x")
+    assert ensure_trained("cpu", smoke=False) == run / "latest.pt"  # stopped by its budget after its best.pt
+    assert ensure_trained("cpu", smoke=False, checkpoint=run / "best.pt") == run / "best.pt"  # asked for by name
