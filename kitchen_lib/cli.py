@@ -70,6 +70,7 @@ def cmd_pairs(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    """Train; under torchrun every rank runs this (README: Scaling up) and rank 0 reports."""
     from kitchen_lib.train import train
 
     resume = None if a.resume_from_checkpoint in (None, "none") else a.resume_from_checkpoint
@@ -77,6 +78,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise ValueError("--overwrite starts the run over and --resume_from_checkpoint continues it: choose one")
     cfg = _config_with_dataset(a)
     r = train(cfg, resume=resume, force_rebuild=a.force_rebuild, overwrite=a.overwrite)
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return
     print(f"{'stopped early' if r.stopped_early else 'done'}: {r.epochs_done} epochs, {r.optimizer_steps} optimizer steps "
           f"in {r.seconds / 60:.1f} min ({r.samples_per_second:.1f} samples/s, {r.parameters:,} parameters); "
           f"validation loss final {r.final_val_loss:.5f}, best {r.best_val_loss:.5f}")
@@ -255,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             PermissionError) as e:
         if debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "")  # under torchrun each rank says it: name the ones after rank 0
+        print(f"{'' if rank in ('', '0') else f'rank {rank}: '}error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

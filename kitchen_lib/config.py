@@ -25,6 +25,7 @@ from kitchen_lib.checkpoint import CheckpointError, config_differences
 from kitchen_lib.conditioning import ConditioningConfig
 from kitchen_lib.datasets import SMOKE_DATASET_ID
 from kitchen_lib.diffusion import DiffusionConfig, SamplerConfig
+from kitchen_lib.distributed import launch_command
 from kitchen_lib.generate import GenerateConfig
 from kitchen_lib.model import OBJECTIVES, FrameModel
 from kitchen_lib.pairs import PairsConfig
@@ -60,11 +61,19 @@ class TrainConfig:
     log_image_every: int = 300  # optimizer steps between sample-prediction images
     max_minutes: float | None = 20  # stop cleanly, with a checkpoint, after this long (None: run every epoch)
     objective: str = "diffusion"  # or "regression": the same network, MSE straight to the future frame
+    # Processes training together (torchrun's WORLD_SIZE): set by the Trainer, not a flag. With
+    # batch_size per process, a step sees the global batch, batch_size * world_size.
+    world_size: int = 1
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step, over all processes."""
+        return self.batch_size * self.world_size
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
-        at_least_one = ("epochs", "batch_size", "checkpoint_freq", "log_freq", "log_image_every")
+        at_least_one = ("epochs", "batch_size", "checkpoint_freq", "log_freq", "log_image_every", "world_size")
         bad = [f"--{n} must be a whole number of at least 1 (got {getattr(self, n)!r})" for n in at_least_one
                if not isinstance(getattr(self, n), int) or getattr(self, n) < 1]
         bad += [f"--{n} must be 0 or more (got {getattr(self, n)!r})" for n in ("warmup_steps", "num_workers", "weight_decay")
@@ -226,12 +235,30 @@ def check_resumable(path: Path, saved: dict, now: RunConfig) -> None:
         raise CheckpointError(f"{path} was trained with a different architecture; differing fields:\n  " + "\n  ".join(arch)
                               + "\nUse the same model flags (or --preset) as that run, or start a new run in another "
                               "--checkpoint_dir.")
+    _check_world_size(path, saved["train"], now_d["train"])
     other = config_differences(saved["data"], now_d["data"], "data.") + [
         d for d in config_differences(saved["train"], now_d["train"], "train.")
         if d.split(":")[0].split(".")[1] not in RESUMABLE_CHANGES]
     if other:
         raise CheckpointError(f"{path} belongs to a run with other settings; resuming would not continue it:\n  "
                               + "\n  ".join(other))
+
+
+def _check_world_size(path: Path, saved: dict, now: dict) -> None:
+    """A run continues exactly only on as many processes as it started with: they split its data
+    order and noise (kitchen_lib.distributed)."""
+    was, now_size = saved["world_size"], now["world_size"]
+    if was == now_size:
+        return
+    raise CheckpointError(
+        f"{path} was trained by {_processes(was)} with batch {saved['batch_size']} per process (global batch "
+        f"{saved['batch_size'] * was}); this run has {_processes(now_size)} (global batch {now['batch_size'] * now_size}). "
+        f"Each step's samples and noise are split by the number of processes, so resume it with {_processes(was)}:\n  "
+        f"{launch_command(was)}\n(on several machines: --nnodes times --nproc_per_node = {was}). Nothing was changed.")
+
+
+def _processes(n: int) -> str:
+    return f"{n} process{'es' if n > 1 else ''}"
 
 
 def build_model(cfg: RunConfig) -> FrameModel:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from kitchen_lib.distributed import global_shape, own_rows
+
 PREDICTIONS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "cosine")
 LOSS_WEIGHTINGS = ("none", "min_snr")
@@ -188,11 +190,15 @@ class Diffusion:
         return w / {"x0": 1, "eps": snr, "v": snr + 1}[self.cfg.prediction]
 
     def training_loss(self, model: Denoiser, future: torch.Tensor, cond: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """(Weighted) mean squared error of the network's output against its target, t drawn per sample."""
+                      generator: torch.Generator | None = None, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """(Weighted) mean squared error of the network's output against its target, t drawn per sample.
+
+        part = (rank, world): the batch is that rank's slice of a global batch `world` times its
+        size; t and the noise are drawn for the global batch and sliced (`distributed.own_rows`)."""
         x0 = self.to_x0(future, cond)
-        t = self.training_timesteps(x0.shape[0], x0.device, generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        n = x0.shape[0]
+        t = own_rows(self.training_timesteps(n * part[1], x0.device, generator), part)
+        noise = own_rows(torch.randn(global_shape(x0.shape, part), device=x0.device, generator=generator), part)
         out = model(self.q_sample(x0, t, noise), t, cond)
         return torch.mean(self.loss_weights(t) * (out.float() - self.target(x0, noise, t)) ** 2)
 

@@ -59,10 +59,11 @@ def weights_problem(net: torch.nn.Module) -> str | None:
 
 
 def diverged_error(run_dir: Path, what: str, step: int, epoch: int, saved_step: int,
-                   learning_rate: float) -> TrainingDiverged:
+                   learning_rate: float, truncate: bool = True) -> TrainingDiverged:
     """The error to stop a run with; first drops the metrics rows after the last saved step,
-    so the log matches the checkpoints that are kept."""
-    runlog.truncate_metrics(run_dir, saved_step)
+    so the log matches the checkpoints that are kept (truncate=False: another rank writes the log)."""
+    if truncate:
+        runlog.truncate_metrics(run_dir, saved_step)
     kept = [p.name for p in saved_checkpoints(run_dir)]
     then = (f"The checkpoints saved before it ({', '.join(kept)}) are intact: resume with a lower learning rate, "
             f"e.g. --resume_from_checkpoint latest --learning_rate {learning_rate / 10:g}" if kept

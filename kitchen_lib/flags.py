@@ -34,6 +34,8 @@ FLAG_NAMES = {("sampler", "name"): "sampler", ("sampler", "steps"): "sampling_st
 CHOICES = {("data", "quality"): QUALITIES, ("diffusion", "schedule"): SCHEDULES, ("diffusion", "prediction"): PREDICTIONS,
            ("diffusion", "loss_weighting"): LOSS_WEIGHTINGS, ("train", "objective"): OBJECTIVES,
            ("sampler", "name"): SAMPLERS}
+# Fields that are no flag: set from the environment (torchrun's WORLD_SIZE), never typed.
+NOT_FLAGS = {("train", "world_size")}
 # The original project's names (and our own earlier ones) for the same fields.
 ALIASES = {"k": ["k_step_future"], "size": ["img_resolution"], "num_workers": ["num_workers_loader"],
            "base_channels": ["model_base_channels"], "channel_mults": ["model_channel_mults"],
@@ -81,6 +83,8 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: list[str]) -> None
         hints, comments = typing.get_type_hints(cls), _comments(cls)
         section = parser.add_argument_group(f"{group} ({cls.__name__})")
         for f in dataclasses.fields(cls):
+            if (group, f.name) in NOT_FLAGS:
+                continue
             name = flag_name(group, f.name)
             names = [f"--{name}"] + [f"--{a}" for a in ALIASES.get(name, [])]
             kw = {"dest": f"{group}.{f.name}", "default": argparse.SUPPRESS, "help": comments.get(f.name)}

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kitchen_lib.diffusion import Diffusion, DiffusionConfig, SamplerConfig
+from kitchen_lib.distributed import global_shape, own_rows
 from kitchen_lib.unet import ConditionalUNet, UNetConfig
 
 OBJECTIVES = ("diffusion", "regression")
@@ -47,15 +48,19 @@ class FrameModel(nn.Module):
         """The same process and objective around other weights (e.g. the EMA copy)."""
         return FrameModel(net, self.diffusion, self.objective, self.context_noise)
 
-    def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean training loss of a batch; `generator` draws the timesteps and noise."""
+    def loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+             part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """Mean training loss of a batch; `generator` draws the timesteps and noise. part = (rank,
+        world): the batch is one rank's slice of a global batch; every draw is made for the global
+        batch and this rank takes its rows, as one process with the global batch would draw them."""
         current, future, context = batch["current"], batch["future"], batch.get("context")
         if context is not None and self.context_noise > 0 and self.training:
-            context = context + self.context_noise * torch.randn(context.shape, device=context.device, generator=generator)
+            noise = torch.randn(global_shape(context.shape, part), device=context.device, generator=generator)
+            context = context + self.context_noise * own_rows(noise, part)
         denoiser = self._denoiser(context, batch.get("vector"))
         if self.objective == "regression":
             return torch.mean((self._regress(denoiser, current).float() - future) ** 2)
-        return self.diffusion.training_loss(denoiser, future, current, generator=generator)
+        return self.diffusion.training_loss(denoiser, future, current, generator=generator, part=part)
 
     @torch.no_grad()
     def predict(self, current: torch.Tensor, sampler: SamplerConfig | None = None,

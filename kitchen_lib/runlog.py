@@ -90,8 +90,9 @@ class _Positional(torch.nn.Module):
         return self.net(x_t, t, current, *self.extra)
 
 
-def add_hparams(writer, config: dict, final_val_loss: float, best_val_loss: float) -> None:
-    """The run's config, flattened, beside its final and best validation loss."""
+def add_hparams(writer, config: dict, final_val_loss: float, best_val_loss: float, extra: dict | None = None) -> None:
+    """The run's config, flattened (with `extra`, e.g. the global batch), beside its final and best validation loss."""
     flat = {f"{part}.{k}": v for part, fields in config.items() if isinstance(fields, dict) for k, v in fields.items()}
+    flat |= extra or {}
     flat = {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in flat.items()}
     writer.add_hparams(flat, {"hparam/final_val_loss": final_val_loss, "hparam/best_val_loss": best_val_loss}, run_name=".")

@@ -11,10 +11,12 @@ epoch_NNNN.pt, and metrics.jsonl.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
 from kitchen_lib.paths import data_dir
+from kitchen_lib.runlog import METRICS_FILE
 
 
 def run_name(preset: str, objective: str = "diffusion") -> str:
@@ -82,6 +84,17 @@ def checkpoints_to_replace(run_dir: Path, overwrite: bool) -> list[Path]:
             f"--resume_from_checkpoint latest, start over with --overwrite, or choose another --checkpoint_dir. "
             f"Nothing was overwritten.")
     return held
+
+
+def make_room(run_dir: Path, held: list[Path], fresh: bool) -> None:
+    """What a run does to its folder once it is ready to start: delete the checkpoints it replaces
+    (`checkpoints_to_replace`, --overwrite) and, if fresh, keep an old run's (or a killed one's)
+    metrics.jsonl aside as metrics-before-<time>.jsonl."""
+    for p in held:
+        p.unlink()
+    metrics = Path(run_dir) / METRICS_FILE
+    if fresh and metrics.exists():
+        metrics.rename(Path(run_dir) / f"metrics-before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
 
 
 def load_resumable(run_dir: Path, resume: str) -> tuple[Path, dict]:

@@ -1,17 +1,17 @@
 """Training: AdamW, gradient clipping, EMA weights, AMP on CUDA, validation, checkpoints,
-exact resume, TensorBoard.
+exact resume (kitchen_lib.run_state), TensorBoard.
 
-Resuming continues the run as if it had never stopped: the data order of every epoch is a
-permutation seeded by (seed, epoch), the noise and timesteps come from a generator whose
-state is checkpointed, so is the global RNG (dropout), and the checkpoint records where in
-the epoch it was taken.
+Under torchrun every rank runs a Trainer (kitchen_lib.distributed): DDP averages the gradients,
+each rank reads its share of every global batch, and only rank 0 writes files or prints. All
+ranks hold the same weights, EMA, optimizer and RNG states, so rank 0's checkpoint is the run's.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -19,23 +19,18 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from kitchen_lib import divergence, runlog
+from kitchen_lib import distributed, divergence, run_state, runlog
 from kitchen_lib.checkpoint import CheckpointError, save_checkpoint
 from kitchen_lib.conditioning import ConditionedPairs
-from kitchen_lib.config import RunConfig, build_model, check_resumable
-from kitchen_lib.device import pick_device
+from kitchen_lib.config import RunConfig, build_model
+from kitchen_lib.distributed import World
 from kitchen_lib.inference import Predictor, prediction_grid
-from kitchen_lib.locks import claim_folder, clean_stale
+from kitchen_lib.locks import claim_folder
 from kitchen_lib.lr_schedule import lr_factor
 from kitchen_lib.pairs_cache import build_pairs
 from kitchen_lib.progress import advance, progress_bar
-from kitchen_lib.runs import checkpoints_to_replace, load_resumable
+from kitchen_lib.runs import make_room
 from kitchen_lib.unet import channels_last, count_parameters
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
 
 
 @dataclass
@@ -53,38 +48,43 @@ class TrainResult:
 
 
 class Trainer:
-    """One training run. `Trainer(cfg).fit()` trains; `Trainer(cfg, resume="latest").fit()` continues."""
+    """One training run. `Trainer(cfg).fit()` trains; `Trainer(cfg, resume="latest").fit()` continues.
+    `world`: this rank's place under torchrun (its process group already started; see `train`)."""
 
     def __init__(self, cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False,
-                 overwrite: bool = False) -> None:
-        self.cfg, self.progress = cfg, progress
+                 overwrite: bool = False, world: World | None = None) -> None:
+        self.world, self.progress = world or World(), progress
+        self.cfg = cfg = replace(cfg, train=replace(cfg.train, world_size=self.world.size))  # the checkpoint records it
         cfg.validate()  # before any work
         self.ckpt_dir = cfg.checkpoint_dir()
-        # One run per folder, for the run's life: the OS drops the lock if the process dies.
-        self._lock = claim_folder(self.ckpt_dir, "this training run",
-                                  lambda: self._setup(resume, force_rebuild, overwrite))
+        self._shared = False  # whether rank 0 has told the others how its part of the setup went
+        setup = partial(self._setup, resume, force_rebuild, overwrite)
+        self._lock = ExitStack()  # rank 0 holds the folder for all ranks; the others hold nothing
+        try:
+            if self.world.is_main:  # one run per folder, for the run's life: the OS drops the lock if the process dies
+                self._lock = claim_folder(self.ckpt_dir, "this training run", setup)
+            else:
+                setup()
+        except BaseException as e:
+            if self.world.is_main and not self._shared:  # the others wait to hear it: they raise the same error
+                distributed.share_from_main(self.world, failure=e)
+            raise
 
     def close(self) -> None:
         """Release the run folder (fit() does this when it ends)."""
         self._lock.close()
 
     def _setup(self, resume: str | None, force_rebuild: bool, overwrite: bool) -> None:
-        cfg, tc = self.cfg, self.cfg.train
-        self.device = pick_device(tc.device)
-        clean_stale(self.ckpt_dir)  # temp files of killed runs
+        cfg, tc, world = self.cfg, self.cfg.train, self.world
+        self.device = distributed.device_for(world, tc.device)
         state, held = None, []
-        if resume:
-            path, state = load_resumable(self.ckpt_dir, resume)
-            check_resumable(path, state["config"], cfg)
-        else:
-            held = checkpoints_to_replace(self.ckpt_dir, overwrite)
-
-        self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild, progress=self.progress)
-        self.train_set = ConditionedPairs(self.cache, "train", cfg.conditioning)
-        self.val_set = ConditionedPairs(self.cache, "val", cfg.conditioning)
-        if len(self.train_set) < tc.batch_size:
-            raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.batch_size}")
-
+        if world.is_main:  # the folder and the data are rank 0's first; the others wait to hear how it went
+            state, held = run_state.open_run_dir(self.ckpt_dir, cfg, resume, overwrite)
+            self._open_data(force_rebuild)
+        state = distributed.share_from_main(world, state)
+        self._shared = True
+        if not world.is_main:  # the cache is there now (on another machine's disk, it is built there)
+            self._open_data(False)
         torch.manual_seed(tc.seed)
         self.model = build_model(cfg)
         if self.model.net.vector_dim:  # the actions' and joint state's scale, from the training episodes
@@ -92,70 +92,49 @@ class Trainer:
         self.model.net = channels_last(self.model.net.to(self.device))
         self.ema = AveragedModel(self.model.net, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
         self.ema_model = self.model.with_net(self.ema.module)
+        self.train_model = self.model.with_net(distributed.wrap(self.model.net, world, self.device)) \
+            if world.size > 1 else self.model  # DDP for training only: the EMA and checkpoints keep the raw network
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, partial(lr_factor, tc))
         self.use_amp = tc.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
-        self.epoch, self.batch_in_epoch, self.opt_step = 0, 0, 0
-        self.best_val, self.last_val = math.inf, math.nan
-        self._fitted = False
+        self.epoch, self.batch_in_epoch, self.opt_step, self.saved_step = 0, 0, 0, 0
+        self.best_val, self.last_val, self._fitted = math.inf, math.nan, False
         self.early_losses: list[float] = []  # the first REFERENCE_STEPS losses: what "exploding" is measured against
-        self.saved_step = 0
         tb_root = Path(tc.tensorboard_dir) if tc.tensorboard_dir else cfg.root() / "tensorboard"
         self.tb_dir = tb_root / f"{tc.run_name_prefix}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}"
         if state is not None:
-            self._restore(state)
-        for p in held:  # --overwrite: the old run goes only once the new one is ready to start
-            p.unlink()
-        metrics = self.ckpt_dir / runlog.METRICS_FILE
-        if state is None and metrics.exists():  # a fresh run: an old run's rows (or a killed one's) are kept aside
-            metrics.rename(self.ckpt_dir / f"metrics-before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-        self.batches_per_epoch = len(self.train_set) // tc.batch_size
+            run_state.restore(self, state)
+            if world.is_main:
+                runlog.truncate_metrics(self.ckpt_dir, self.opt_step)
+        self.batches_per_epoch = len(self.train_set) // tc.global_batch
+        distributed.barrier(world)  # every rank is ready to start: only now may the old run go
+        if world.is_main:
+            make_room(self.ckpt_dir, held, fresh=state is None)
+
+    def _open_data(self, force_rebuild: bool) -> None:
+        """The pairs cache and the training and validation sets (a world model's cache gains its vector files)."""
+        cfg, tc = self.cfg, self.cfg.train
+        self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild,
+                                 progress=self.progress and self.world.is_main)
+        self.train_set = ConditionedPairs(self.cache, "train", cfg.conditioning)
+        self.val_set = ConditionedPairs(self.cache, "val", cfg.conditioning)
+        if len(self.train_set) < tc.global_batch:
+            each = f" ({tc.batch_size} per process x {self.world.size})" if self.world.size > 1 else ""
+            raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.global_batch}{each}")
 
     # --- checkpoints -------------------------------------------------------------------
 
-    def _state(self) -> dict:
-        return {
-            "model": self.model.net.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.opt_step,
-            "best_val_loss": self.best_val, "last_val_loss": self.last_val, "early_losses": self.early_losses,
-            "rng": {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "config": self.cfg.to_dict(), "tensorboard_dir": str(self.tb_dir),
-            "parameters": count_parameters(self.model.net),
-        }
-
-    def _restore(self, s: dict) -> None:
-        self.model.net.load_state_dict(s["model"])
-        self.ema.load_state_dict(s["ema"])
-        self.opt.load_state_dict(s["optimizer"])
-        self.sched.load_state_dict(s["scheduler"])
-        self.scaler.load_state_dict(s["scaler"])
-        self.epoch, self.batch_in_epoch, self.opt_step = s["epoch"], s["batch_in_epoch"], s["step"]
-        self.best_val, self.last_val = s["best_val_loss"], s["last_val_loss"]
-        self.early_losses, self.saved_step = list(s.get("early_losses", [])), self.opt_step
-        # A resumed run may lower the learning rate (after a divergence): the schedule follows the new one.
-        lr = self.cfg.train.learning_rate
-        self.sched.base_lrs = [lr for _ in self.opt.param_groups]
-        for g in self.opt.param_groups:
-            g["initial_lr"], g["lr"] = lr, lr * lr_factor(self.cfg.train, self.sched.last_epoch)
-        torch.set_rng_state(s["rng"]["torch"])
-        self.noise_gen.set_state(s["rng"]["noise"].cpu())  # generator states are CPU byte tensors
-        if s["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["rng"]["cuda"])
-        self.tb_dir = Path(s["tensorboard_dir"])
-        runlog.truncate_metrics(self.ckpt_dir, self.opt_step)
-
     def _save(self, name: str) -> Path:
-        self._stop_if(divergence.weights_problem(self.model.net))
+        self._stop_if(divergence.weights_problem(self.model.net))  # on every rank (same weights): all stop alike
         path = self.ckpt_dir / name
-        try:
-            save_checkpoint(self._state(), path)
-        except (OSError, RuntimeError) as e:  # disk full, read-only folder, ... (torch wraps some as RuntimeError)
-            raise CheckpointError(f"could not write {path} ({type(e).__name__}: {e}). Is the disk full or the folder "
-                                  f"read-only? The previous {name}, if any, is intact.") from e
+        if self.world.is_main:
+            try:
+                save_checkpoint(run_state.capture(self), path)
+            except (OSError, RuntimeError) as e:  # disk full, read-only folder, ... (torch wraps some as RuntimeError)
+                raise CheckpointError(f"could not write {path} ({type(e).__name__}: {e}). Is the disk full or the "
+                                      f"folder read-only? The previous {name}, if any, is intact.") from e
         self.saved_step = self.opt_step
         return path
 
@@ -163,32 +142,41 @@ class Trainer:
         """Stop without saving if a divergence check found a blow-up."""
         if problem is not None:
             raise divergence.diverged_error(self.ckpt_dir, problem, self.opt_step, self.epoch, self.saved_step,
-                                            self.cfg.train.learning_rate)
+                                            self.cfg.train.learning_rate, truncate=self.world.is_main)
+
+    def _say(self, bar, text: str) -> None:
+        if self.world.is_main:
+            bar.write(text)
 
     # --- the loop ------------------------------------------------------------------------
 
     def _batches(self, epoch: int, start: int):
-        loader = torch.utils.data.DataLoader(
-            self.train_set, batch_size=self.cfg.train.batch_size, drop_last=True,
-            sampler=_epoch_order(len(self.train_set), self.cfg.train.seed, epoch).tolist(),
-            num_workers=self.cfg.train.num_workers)
+        tc = self.cfg.train
+        order = run_state.epoch_order(len(self.train_set), tc.seed, epoch)  # the same on every rank; each reads its share
+        loader = torch.utils.data.DataLoader(self.train_set, batch_size=tc.batch_size, num_workers=tc.num_workers,
+                                             sampler=distributed.rank_indices(order, tc.batch_size, self.world))
         for i, batch in enumerate(loader):
             if i >= start:
                 yield i, batch
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean loss of the EMA weights on the validation episodes, with fixed noise."""
+        """Mean loss of the EMA weights on the validation episodes, with fixed noise. The batches are
+        shared out among the ranks and summed; each draws its noise from its own seed, so the value
+        does not depend on how many ranks there are."""
         self.ema_model.eval()
-        g = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed + 12345)
-        loader = torch.utils.data.DataLoader(self.val_set, batch_size=max(self.cfg.train.batch_size, 32))
+        tc = self.cfg.train
+        mine = distributed.rank_val_batches(len(self.val_set), max(tc.global_batch, 32), self.world)
+        loader = torch.utils.data.DataLoader(self.val_set, batch_sampler=[items for _, items in mine])
         total, n = 0.0, 0
-        for batch in loader:
+        for (i, _), batch in zip(mine, loader, strict=True):
             batch = {key: v.to(self.device) for key, v in batch.items()}
+            g = torch.Generator(device=self.device).manual_seed(run_state.val_noise_seed(tc.seed, i))
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 loss = self.ema_model.loss(batch, g)
             total += float(loss) * len(batch["current"])
             n += len(batch["current"])
+        total, n = distributed.all_sum(self.world, [total, n], self.device)
         return total / max(n, 1)
 
     def sample_grid(self, n: int = 4) -> np.ndarray:
@@ -204,36 +192,41 @@ class Trainer:
         if self._fitted:
             raise RuntimeError("a Trainer runs once: to continue, make a new one with resume=\"latest\"")
         self._fitted = True
-        tc = self.cfg.train
+        tc, main = self.cfg.train, self.world.is_main
         writer, bar = None, None
         t0, samples, stopped_early = time.time(), 0, False
         try:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             fresh = self.opt_step == 0
-            writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
-            if fresh:
-                runlog.add_graph(writer, self.model.net, self.val_set[0], self.device)
+            if main:  # only rank 0 writes: no event file, graph or bar on the others
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
+                if fresh:
+                    runlog.add_graph(writer, self.model.net, self.val_set[0], self.device)
             deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
             bar = progress_bar(self.cfg.preset, tc, self.epoch * self.batches_per_epoch + self.batch_in_epoch,
-                               tc.epochs * self.batches_per_epoch, enabled=self.progress)
+                               tc.epochs * self.batches_per_epoch, enabled=self.progress and main)
+            if self.world.size > 1:
+                self._say(bar, f"{self.world.size} processes, batch {tc.batch_size} each: global batch {tc.global_batch}")
             while self.epoch < tc.epochs and not stopped_early:
-                self.model.train()
+                self.train_model.train()
                 for i, batch in self._batches(self.epoch, self.batch_in_epoch):
-                    loss, gnorm = self._train_step({key: v.to(self.device) for key, v in batch.items()})
+                    loss, gnorm, stopped_early = self._train_step({key: v.to(self.device) for key, v in batch.items()},
+                                                                  deadline)
                     self.batch_in_epoch = i + 1
-                    samples += len(batch["current"])
+                    samples += tc.global_batch
                     self._log_step(loss, gnorm, writer)
                     advance(bar, tc, t0, self.opt_step, self.epoch, loss)
-                    if time.time() > deadline:
-                        stopped_early = True
+                    if stopped_early:
                         break
                 if stopped_early:
                     self._save("latest.pt")
-                    bar.write(f"stopped after {tc.max_minutes:.1f} minutes at epoch {self.epoch}, optimizer step "
-                              f"{self.opt_step}; resume with --resume_from_checkpoint latest")
+                    self._say(bar, f"stopped after {tc.max_minutes:.1f} minutes at epoch {self.epoch}, optimizer step "
+                                   f"{self.opt_step}; resume with --resume_from_checkpoint latest")
                     break
                 self._end_epoch(writer, bar)
-            runlog.add_hparams(writer, self.cfg.to_dict(), self.last_val, self.best_val)
+            if main:
+                runlog.add_hparams(writer, self.cfg.to_dict(), self.last_val, self.best_val,
+                                   {"train.global_batch": tc.global_batch})
         finally:
             if bar is not None:
                 bar.close()
@@ -244,10 +237,13 @@ class Trainer:
         return TrainResult(self.ckpt_dir, self.tb_dir, self.epoch, self.opt_step, self.last_val, self.best_val, seconds,
                            samples / max(seconds, 1e-9), stopped_early, count_parameters(self.model.net))
 
-    def _train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    def _train_step(self, batch: dict[str, torch.Tensor], deadline: float) -> tuple[float, float, bool]:
+        """One optimizer step: (mean loss over the ranks, gradient norm, whether the time budget is spent)."""
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-            loss = self.model.loss(batch, self.noise_gen)
-        value = loss.item()
+            loss = self.train_model.loss(batch, self.noise_gen, part=self.world.part)
+        # One collective: the loss every rank logs and checks, and rank 0's clock, so all stop together.
+        value, time_up = distributed.agree(self.world, loss.item(), self.world.is_main and time.time() > deadline,
+                                           self.device)
         self._stop_if(divergence.loss_problem(value, self.early_losses))
         if len(self.early_losses) < divergence.REFERENCE_STEPS:
             self.early_losses.append(value)
@@ -261,9 +257,11 @@ class Trainer:
         self.sched.step()
         self.ema.update_parameters(self.model.net)
         self.opt_step += 1
-        return value, gnorm
+        return value, gnorm, time_up
 
     def _log_step(self, loss: float, gnorm: float, writer) -> None:
+        if not self.world.is_main:
+            return
         tc, lr = self.cfg.train, self.sched.get_last_lr()[0]
         runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, loss=loss, lr=lr, grad_norm=gnorm)
         if self.opt_step % tc.log_freq == 0:
@@ -276,8 +274,9 @@ class Trainer:
         tc = self.cfg.train
         self.last_val = self.validate()
         self._stop_if(divergence.val_loss_problem(self.last_val, self.best_val))
-        writer.add_scalar("loss/val", self.last_val, self.opt_step)
-        runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, val_loss=self.last_val)
+        if self.world.is_main:
+            writer.add_scalar("loss/val", self.last_val, self.opt_step)
+            runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, val_loss=self.last_val)
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         improved = self.last_val < self.best_val
         if improved:
@@ -287,10 +286,15 @@ class Trainer:
         if self.epoch % tc.checkpoint_freq == 0:
             self._save(f"epoch_{self.epoch:04d}.pt")
         self._save("latest.pt")
-        bar.write(f"epoch {self.epoch}/{tc.epochs}: val loss {self.last_val:.5f}" + (" (best)" if improved else ""))
+        self._say(bar, f"epoch {self.epoch}/{tc.epochs}: val loss {self.last_val:.5f}" + (" (best)" if improved else ""))
 
 
 def train(cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False,
           overwrite: bool = False) -> TrainResult:
-    return Trainer(cfg, resume=resume, progress=progress, force_rebuild=force_rebuild, overwrite=overwrite).fit()
+    """Train (or resume) a run. Under torchrun every rank calls this, and together they train one
+    model (the environment says which rank this is); a plain process trains alone."""
+    world = distributed.world_from_env()
+    with distributed.process_group(world, distributed.device_for(world, cfg.train.device)):
+        return Trainer(cfg, resume=resume, progress=progress, force_rebuild=force_rebuild, overwrite=overwrite,
+                       world=world).fit()
 
