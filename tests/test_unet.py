@@ -4,6 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from kitchen_lib import unet
 from kitchen_lib.config import preset
 from kitchen_lib.diffusion import Diffusion, DiffusionConfig
 from kitchen_lib.unet import ConditionalUNet, UNetConfig, channels_last, count_parameters
@@ -87,3 +88,26 @@ def test_channels_last_computes_the_same_function():
     assert fast.inp.weight.is_contiguous(memory_format=torch.channels_last)
     x, c, t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
     assert torch.allclose(net(x, t, c), fast(x, t, c), atol=1e-5)
+
+
+def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(monkeypatch):
+    """The channels-last model takes its large maps' weight gradients from NCHW copies (Conv3x3):
+    outputs and every parameter's gradient must match the plain NCHW model's."""
+    monkeypatch.setattr(unet, "NCHW_WEIGHT_GRAD_MIN", 1)  # the detour everywhere
+    torch.manual_seed(0)
+    plain = ConditionalUNet(replace(SMOKE, zero_init=False, adagn=True), 32)  # no zeros: gradients everywhere
+    for p in plain.parameters():
+        p.data.normal_(0, 0.1)
+    fast = channels_last(copy.deepcopy(plain))
+    x, c, t = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), torch.tensor([3, 200, 500, 999])
+    assert type(fast.inp(torch.cat([x, c], 1).contiguous(memory_format=torch.channels_last)).grad_fn).__name__ \
+        == "_NCHWWeightGradBackward"  # the detour is taken
+    outs = []
+    for net in (plain, fast):
+        out = net(x, t, c)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
+        scale = p.grad.abs().max().item()
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, name=name: f"{name}: {m}")
