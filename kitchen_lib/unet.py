@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kitchen_lib.conv import Conv3x3
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -96,49 +98,6 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.sin(), args.cos()], dim=1)
-
-
-NCHW_WEIGHT_GRAD_MIN = 2**20  # input values per sample (C*H*W) from which Conv3x3 takes its detour
-
-
-class Conv3x3(nn.Conv2d):
-    """A 3x3 nn.Conv2d (same parameters, same maths) that trains faster channels-last on CPU.
-
-    oneDNN's NHWC weight gradient runs a slow kernel on AVX2 CPUs (about 3x its NCHW one at
-    128px, 64 channels), while its NHWC forward and input gradient are the faster ones; so on
-    large maps the weight gradient alone is computed from NCHW copies (_NCHWWeightGrad)."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
-        super().__init__(c_in, c_out, 3, stride=stride, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Not under autocast (its bf16 forward would not match the saved fp32 tensors) nor when
-        # traced (TensorBoard's graph): the plain convolution, which computes the same.
-        if (x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad
-                and not torch.jit.is_tracing() and not torch.is_autocast_enabled("cpu")
-                and math.prod(x.shape[1:]) >= NCHW_WEIGHT_GRAD_MIN and not x.is_contiguous()
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            return _NCHWWeightGrad.apply(x, self.weight, self.bias, self.stride, self.padding)
-        return super().forward(x)
-
-
-class _NCHWWeightGrad(torch.autograd.Function):
-    """conv2d whose backward takes the input gradient channels-last, the weight gradient NCHW."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: tuple, padding: tuple) -> torch.Tensor:
-        ctx.save_for_backward(x, w)
-        ctx.conv = (stride, padding)
-        return F.conv2d(x, w, b, stride, padding)
-
-    @staticmethod
-    def backward(ctx, gy: torch.Tensor) -> tuple:
-        x, w = ctx.saved_tensors
-        args = ([w.shape[0]], *ctx.conv, (1, 1), False, (0, 0), 1)
-        gx = torch.ops.aten.convolution_backward(gy, x, w, *args, (True, False, False))[0] if ctx.needs_input_grad[0] else None
-        _, gw, gb = torch.ops.aten.convolution_backward(gy.contiguous(), x.contiguous(), w.contiguous(), *args,
-                                                        (False, True, True))
-        return gx, gw, gb, None, None
 
 
 class ResBlock(nn.Module):

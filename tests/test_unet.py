@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kitchen_lib import unet
+from kitchen_lib import conv
 from kitchen_lib.config import preset
 from kitchen_lib.diffusion import Diffusion, DiffusionConfig
 from kitchen_lib.unet import ConditionalUNet, UNetConfig, channels_last, count_parameters
@@ -91,9 +91,9 @@ def test_channels_last_computes_the_same_function():
 
 
 def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(monkeypatch):
-    """The channels-last model takes its large maps' weight gradients from NCHW copies (Conv3x3):
+    """The channels-last model takes its large maps' weight gradients from NCHW copies (conv.Conv3x3):
     outputs and every parameter's gradient must match the plain NCHW model's."""
-    monkeypatch.setattr(unet, "NCHW_WEIGHT_GRAD_MIN", 1)  # the detour everywhere
+    monkeypatch.setattr(conv, "NCHW_WEIGHT_GRAD_MIN", 1)  # the detour everywhere
     torch.manual_seed(0)
     plain = ConditionalUNet(replace(SMOKE, zero_init=False, adagn=True), 32)  # no zeros: gradients everywhere
     for p in plain.parameters():
