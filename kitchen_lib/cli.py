@@ -71,6 +71,7 @@ def cmd_pairs(a: argparse.Namespace) -> None:
 
 def cmd_train(a: argparse.Namespace) -> None:
     """Train; under torchrun every rank runs this (README: Scaling up) and rank 0 reports."""
+    from kitchen_lib.distributed import world_from_env
     from kitchen_lib.train import train
 
     resume = None if a.resume_from_checkpoint in (None, "none") else a.resume_from_checkpoint
@@ -78,7 +79,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         raise ValueError("--overwrite starts the run over and --resume_from_checkpoint continues it: choose one")
     cfg = _config_with_dataset(a)
     r = train(cfg, resume=resume, force_rebuild=a.force_rebuild, overwrite=a.overwrite)
-    if os.environ.get("RANK", "0") not in ("", "0"):
+    if not world_from_env().is_main:  # rank 0 reports for all
         return
     print(f"{'stopped early' if r.stopped_early else 'done'}: {r.epochs_done} epochs, {r.optimizer_steps} optimizer steps "
           f"in {r.seconds / 60:.1f} min ({r.samples_per_second:.1f} samples/s, {r.parameters:,} parameters); "
