@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kitchen_lib.conv import Conv3x3
+from kitchen_lib.layers import Conv3x3, Dropout
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class ResBlock(nn.Module):
             nn.init.zeros_(self.emb.weight)
             nn.init.zeros_(self.emb.bias)
         self.norm2 = nn.GroupNorm(groups, c_out)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.conv2 = Conv3x3(c_out, c_out)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -145,10 +145,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        # (B, heads, HW, c/heads) each
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        # Pixel-major (B, HW, 3, heads, c/heads): free for channels-last maps, one copy otherwise.
+        # It hands SDPA q, k, v with a unit-stride last axis, which its fused CPU kernel needs
+        # (strided ones fall back to the slower explicit softmax(QK^T)V).
+        qkv = self.qkv(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, heads, HW, c/heads) each
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous()  # (B, c, H, W) back in the layout the weights use
+        return x + self.proj(out)
 
 
 class Level(nn.Module):

@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kitchen_lib import conv
+from kitchen_lib import layers
 from kitchen_lib.config import preset
 from kitchen_lib.diffusion import Diffusion, DiffusionConfig
 from kitchen_lib.unet import ConditionalUNet, UNetConfig, channels_last, count_parameters
@@ -91,9 +91,9 @@ def test_channels_last_computes_the_same_function():
 
 
 def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(monkeypatch):
-    """The channels-last model takes its large maps' weight gradients from NCHW copies (conv.Conv3x3):
+    """The channels-last model takes its large maps' weight gradients from NCHW copies (layers.Conv3x3):
     outputs and every parameter's gradient must match the plain NCHW model's."""
-    monkeypatch.setattr(conv, "NCHW_WEIGHT_GRAD_MIN", 1)  # the detour everywhere
+    monkeypatch.setattr(layers, "NCHW_WEIGHT_GRAD_MIN", 1)  # the detour everywhere
     torch.manual_seed(0)
     plain = ConditionalUNet(replace(SMOKE, zero_init=False, adagn=True), 32)  # no zeros: gradients everywhere
     for p in plain.parameters():
@@ -111,3 +111,39 @@ def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(mon
     for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
         scale = p.grad.abs().max().item()
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5 * scale, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_attention_is_the_written_out_formula(last):
+    """Channel c*d + j of q (then k, v) is head c's j-th feature: the layout checkpoints were trained with."""
+    from kitchen_lib.unet import Attention
+    torch.manual_seed(0)
+    att = Attention(16, heads=4, groups=4)
+    for p in att.parameters():
+        p.data.normal_(0, 0.3)
+    x = torch.randn(2, 16, 6, 5)
+    qkv = att.qkv(att.norm(x)).flatten(2)  # (B, 3*16, HW)
+    q, k, v = (qkv[:, i * 16:(i + 1) * 16].reshape(2, 4, 4, 30).transpose(-1, -2) for i in range(3))  # (B, heads, HW, 4)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 4**0.5, dim=-1)
+    want = x + att.proj((weights @ v).transpose(-1, -2).reshape(2, 16, 6, 5))
+    if last:
+        att, x = channels_last(att), x.contiguous(memory_format=torch.channels_last)
+    got = att(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
+
+
+def test_dropout_drops_p_and_rescales_the_rest_in_the_inputs_layout():
+    torch.manual_seed(0)
+    x = torch.rand(8, 16, 32, 32).add_(0.5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    drop = layers.Dropout(0.1)
+    y = drop(x)
+    dropped = y == 0
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert abs(dropped.float().mean().item() - 0.1) < 0.005  # 131,072 values
+    scale = 2**15 / (2**15 - round(0.1 * 2**15))
+    torch.testing.assert_close(y[~dropped], x[~dropped] * scale)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, (~dropped).float() * scale)  # the gradient flows exactly where values were kept
+    assert not torch.equal(dropped, drop(x) == 0)  # a new mask each call
+    assert torch.equal(drop.eval()(x), x) and torch.equal(layers.Dropout(0.0)(x), x)
