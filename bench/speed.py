@@ -15,7 +15,8 @@
 - Sampling (target 2's speed half): seconds per predicted frame, batch of one, 64x64, for
   DDPM-1000 and DDIM with 50, 20, 10 and 5 steps, with the `cpu` preset's network and
   diffusion settings. Untrained weights: the time does not depend on them.
-Prints a table and writes bench/results/speed.json (speed-cuda.json on a GPU).
+Prints a table and writes bench/results/speed.json (speed-cuda.json on a GPU), rewritten after every
+figure (`"complete": false` until the end), so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -157,7 +158,9 @@ def main() -> None:
     gpu = a.device == "cuda"
     if gpu:
         torch.backends.cudnn.benchmark = True  # what a long GPU run would use
-    rows, res = [], {"machine": machine(), "train": {}, "sampling": {}}
+    rows, res = [], {"machine": machine(), "complete": False, "train": {}, "sampling": {}}
+    out = a.out or ("speed-cuda.json" if gpu else "speed.json")
+    save = lambda: write_json(out, res)  # noqa: E731  after every figure: a run cut short keeps what it measured
     if gpu:
         res["machine"]["gpu"] = torch.cuda.get_device_name()
     for name in a.presets:
@@ -169,6 +172,7 @@ def main() -> None:
         r["parameters"] = count_parameters(ours)
         steps = 20 if gpu else 3 if size <= 64 else 2  # a 128px step takes seconds on a CPU
         r["ours"] = train_throughput(ours, *shape, steps=steps, device=a.device)
+        save()
         print(f"{name}: ours: {r['ours']:.1f} samples/s", flush=True)
         rows.append({"what": f"train {name} ({size}px, batch {batch}): ours", "params": f"{r['parameters']:,}",
                      "samples_per_s": round(r["ours"], 1)})
@@ -185,6 +189,7 @@ def main() -> None:
                 rows.append({"what": label, "samples_per_s": r[key][:60]})
                 continue
             r[key] = sps
+            save()
             print(f"{name}: {label.strip()}: {sps:.1f} samples/s", flush=True)  # as it goes: a GPU run may be cut short
             rows.append({"what": label, "params": f"{count_parameters(net):,}", "samples_per_s": round(sps, 1),
                          "ours_over_this": round(r["ours"] / sps, 2)})
@@ -195,6 +200,7 @@ def main() -> None:
         s = sampling_time(sampler, a.device)
         label = sampler.label(timesteps).lower()
         res["sampling"][label] = {"seconds_per_frame": s, "network_passes": sampler.calls(timesteps)}
+        save()
     ddpm = res["sampling"].get("ddpm-1000", {}).get("seconds_per_frame")
     for label, s in res["sampling"].items():
         if ddpm:
@@ -202,7 +208,8 @@ def main() -> None:
         rows.append({"what": f"sample {label}, 64px, batch 1, {a.device}", "s_per_frame": round(s["seconds_per_frame"], 3),
                      "x_vs_ddpm": round(s["speedup_vs_ddpm"], 1) if ddpm else ""})
     print(table(rows, ["what", "params", "samples_per_s", "ours_over_this", "s_per_frame", "x_vs_ddpm"]))
-    print("wrote", write_json(a.out or ("speed-cuda.json" if gpu else "speed.json"), res))
+    res["complete"] = True
+    print("wrote", save())
 
 
 if __name__ == "__main__":
