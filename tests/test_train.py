@@ -43,9 +43,10 @@ def _cli_train(small_dataset, ckpt_dir, *extra):
 
 def test_kill_and_resume_continues_as_if_never_stopped(small_pairs, small_dataset, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_cli_train(small_dataset, straight), check=True, capture_output=True)
+    drop = ("--dropout", "0.1")  # the dropout masks come from the saved global generator too
+    subprocess.run(_cli_train(small_dataset, straight, *drop), check=True, capture_output=True)
 
-    proc = subprocess.Popen(_cli_train(small_dataset, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli_train(small_dataset, killed, *drop), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "epoch_0003.pt").exists():
         assert proc.poll() is None, "training ended before it could be killed"
@@ -56,7 +57,7 @@ def test_kill_and_resume_continues_as_if_never_stopped(small_pairs, small_datase
     stopped_at = load_checkpoint(killed / "latest.pt")["epoch"]
     # epoch_0003.pt is written just before latest.pt: the kill may fall between the two.
     assert 2 <= stopped_at < 12
-    subprocess.run(_cli_train(small_dataset, killed, "--resume_from_checkpoint", "latest"), check=True, capture_output=True)
+    subprocess.run(_cli_train(small_dataset, killed, *drop, "--resume_from_checkpoint", "latest"), check=True, capture_output=True)
 
     a, va = losses(straight)
     b, vb = losses(killed)
