@@ -3,7 +3,7 @@
     python bench/speed.py [--presets cpu seed] [--skip_ddpm] [--try_bf16] [--try_compile]
     python bench/speed.py --device cuda [--batch N]     # on a GPU: every variant below, always
 
-- Training (issue 5, target 3): samples/s of one AdamW step (forward, backward, clip, step) of
+- Training: samples/s of one AdamW step (forward, backward, clip, step) of
   each preset's U-Net on random frames of its size and batch, best of 3 timed runs. Ours runs
   as the Trainer runs it (channels-last weights). The peer is diffusers' UNet2DModel with the
   same channels, blocks, attention, time-embedding width and dropout, timed in the same run in
@@ -160,7 +160,10 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True  # what a long GPU run would use
     rows, res = [], {"machine": machine(), "complete": False, "train": {}, "sampling": {}}
     out = a.out or ("speed-cuda.json" if gpu else "speed.json")
-    save = lambda: write_json(out, res)  # noqa: E731  after every figure: a run cut short keeps what it measured
+
+    def save() -> Path:  # after every figure: a run cut short keeps what it measured
+        return write_json(out, res)
+
     if gpu:
         res["machine"]["gpu"] = torch.cuda.get_device_name()
     for name in a.presets:

@@ -10,7 +10,7 @@
   a 1-byte mask. p is rounded to a multiple of 2^-15 (0.1 -> 0.100006); same expectation, same
   global generator.
 
-bench/speed.py measures both (issue 13: a seed-preset training step at 128px).
+bench/speed.py measures both (a seed-preset training step at 128px; README, "128px on this CPU").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # Output values per sample (C_out*H*W) from which Conv3x3 takes its detour: measured per layer
-# of the seed and cpu U-Nets (issue 13) it wins from 2^18 (64 channels at 64px, 16 at 128px)
+# of the seed and cpu U-Nets it wins from 2^18 (64 channels at 64px, 16 at 128px)
 # and loses below (the cpu preset's 32 channels at 64px).
 NCHW_WEIGHT_GRAD_MIN = 2**18
 

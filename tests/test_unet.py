@@ -7,7 +7,7 @@ import torch
 from kitchen_lib import layers
 from kitchen_lib.config import preset
 from kitchen_lib.diffusion import Diffusion, DiffusionConfig
-from kitchen_lib.unet import ConditionalUNet, UNetConfig, channels_last, count_parameters
+from kitchen_lib.unet import Attention, ConditionalUNet, UNetConfig, channels_last, count_parameters
 
 SMOKE = preset("smoke").model  # 32px frames
 
@@ -115,8 +115,7 @@ def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(mon
 
 @pytest.mark.parametrize("last", [False, True])
 def test_attention_is_the_written_out_formula(last):
-    """Channel c*d + j of q (then k, v) is head c's j-th feature: the layout checkpoints were trained with."""
-    from kitchen_lib.unet import Attention
+    """Channel h*d + j of q (then k, v) is head h's j-th feature: the layout checkpoints were trained with."""
     torch.manual_seed(0)
     att = Attention(16, heads=4, groups=4)
     for p in att.parameters():
