@@ -40,11 +40,13 @@ def test_output_depends_on_time_and_condition():
 
 
 @pytest.mark.parametrize("fields,size,message", [
-    (dict(), 30, r"not divisible by 2\^3"),
+    (dict(), 30, r"not divisible by 8 \(patch_size 1 x 2\^3\)"),
     (dict(attention_levels=(4,)), 64, "never occurs"),
     (dict(base_channels=12), 64, "groups=8 do not divide"),
     (dict(base_channels=24, groups=16), 64, "groups=16 do not divide"),
     (dict(base_channels=30, groups=5), 64, "heads=4 do not divide"),
+    (dict(patch_size=2), 40, r"not divisible by 16 \(patch_size 2"),
+    (dict(patch_size=0), 64, "patch_size must be 1 or more"),
 ])
 def test_impossible_configurations_fail_at_construction(fields, size, message):
     with pytest.raises(ValueError, match=message):
@@ -56,6 +58,7 @@ def test_configs_saved_with_pixel_attention_read_as_levels():
            "attention_resolutions": [32], "time_emb_dim": 128, "time_mlp_dim": 512, "dropout": 0.1, "groups": 8, "heads": 4}
     cfg = UNetConfig.from_dict(old)
     assert cfg.attention_levels == (2,) and cfg.channel_mults == (1, 2, 3) and not cfg.zero_init
+    assert cfg.patch_size == 1  # saved before patches existed: every pixel its own
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -66,9 +69,10 @@ def test_wrong_input_shape_says_what_it_expects():
         net(x, torch.tensor([1]), x)
 
 
-def test_zero_init_starts_as_copying_the_frame_and_then_learns():
+@pytest.mark.parametrize("patch", [1, 2])
+def test_zero_init_starts_as_copying_the_frame_and_then_learns(patch):
     torch.manual_seed(0)
-    net = ConditionalUNet(replace(SMOKE, zero_init=True), 32)
+    net = ConditionalUNet(replace(SMOKE, zero_init=True, patch_size=patch), 32)
     cur, fut = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
     assert torch.equal(net(fut, torch.tensor([5, 50, 500, 900]), cur), torch.zeros_like(cur))
     d = Diffusion(DiffusionConfig(residual=True, prediction="x0", schedule="cosine"))
@@ -80,6 +84,28 @@ def test_zero_init_starts_as_copying_the_frame_and_then_learns():
         opt.step()
     out = net.eval()(fut, torch.tensor([500] * 4), cur)
     assert out.abs().max() > 0 and not torch.allclose(out, net(fut, torch.tensor([500] * 4), -cur))
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_patches_are_a_plain_unet_on_the_folded_frames(last):
+    """patch_size 2 on 32px RGB is the p = 1 network on 16px frames of 12 channels, each holding
+    a 2x2 block of pixels: the fold before the first layer and the unfold after the last are
+    each other's inverse and keep every pixel's channels together."""
+    torch.manual_seed(0)
+    cfg = UNetConfig(base_channels=16, channel_mults=(1, 2), time_emb_dim=32, time_mlp_dim=64, zero_init=False)
+    patched = ConditionalUNet(replace(cfg, patch_size=2), 32, 3, context_frames=1, vector_dim=5).eval()
+    plain = ConditionalUNet(cfg, 16, 12, context_frames=1, vector_dim=5).eval()
+    plain.load_state_dict(patched.state_dict())  # the same weights fit both
+    assert patched.inp.in_channels == 3 * 12 and patched.cfg.resolutions(32) == [16, 8]
+    if last:
+        patched, plain = channels_last(patched), channels_last(plain)
+    x, c, ctx, v = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.randn(2, 5)
+    t = torch.tensor([3, 700])
+    fold = torch.nn.functional.pixel_unshuffle
+    want = torch.nn.functional.pixel_shuffle(plain(fold(x, 2), t, fold(c, 2), fold(ctx, 2), v), 2)
+    out = patched(x, t, c, ctx, v)
+    assert out.shape == (2, 3, 32, 32) and torch.allclose(out, want, atol=1e-5)
+    assert not torch.allclose(out, plain(fold(x, 2), t, fold(c, 2), fold(ctx, 2), v).reshape(2, 3, 32, 32))
 
 
 def test_channels_last_computes_the_same_function():
