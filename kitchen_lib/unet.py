@@ -251,7 +251,9 @@ class ConditionalUNet(nn.Module):
             feats = feats + self.vector_proj((vector - self.vector_mean) / self.vector_std)
         emb = self.time_mlp(feats)
         x = torch.cat([x_t, cond] if context is None else [x_t, context, cond], dim=1)
-        x = F.pixel_unshuffle(x, self.cfg.patch_size)  # (B, n*C*p*p, H/p, W/p); the identity for p = 1
+        p = self.cfg.patch_size
+        if p > 1:  # torch copies even for p = 1
+            x = F.pixel_unshuffle(x, p)  # (B, n*C*p*p, H/p, W/p)
         if self.inp.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)  # match the weights' layout (see channels_last)
         h = self.inp(x)
@@ -268,7 +270,8 @@ class ConditionalUNet(nn.Module):
             for block, attn in zip(level.blocks, level.attn, strict=True):
                 h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
             h = up(h)
-        return F.pixel_shuffle(self.out(h), self.cfg.patch_size)  # (B, C*p*p, H/p, W/p) -> (B, C, H, W)
+        out = self.out(h)
+        return F.pixel_shuffle(out, p) if p > 1 else out  # (B, C*p*p, H/p, W/p) -> (B, C, H, W)
 
     def _check_inputs(self, x_t, cond, context, vector) -> None:
         want = (self.image_channels, self.image_size, self.image_size)
