@@ -71,7 +71,7 @@ WORLD_VARIANTS: dict[str, dict[str, dict]] = {
     "  + 4 past frames": {"conditioning": {"context_frames": 4}},
     "  + noise 0.1 on past frames": {"conditioning": {"context_noise": 0.1}},
     "  + timesteps biased to high noise (power 0.5)": {"diffusion": {"timestep_power": 0.5}},
-    "  + timesteps power 0.25 (in the preset since)": {"diffusion": {"timestep_power": 0.25}},
+    "  + timesteps power 0.4 (in the preset since)": {"diffusion": {"timestep_power": 0.4}},
     "  + 2x2 patches (in the preset since)": {"model": {"patch_size": 2}},
     "past frames only, no actions (frame-only cpu + context)": {"conditioning": {"actions": False, "proprio": False},
                                                                 "model": {"adagn": False}},
