@@ -21,8 +21,8 @@ SMALL_ID = "kitchen-diffusion/test-small-v0"
 @pytest.fixture(scope="session")
 def small_dataset() -> str:
     """Three short real expert episodes (60 steps each) in the temporary store."""
-    from kitchen_lib.datasets import is_local
-    from kitchen_lib.generate import generate_dataset
+    from kitchen_lib.data.datasets import is_local
+    from kitchen_lib.data.generate import generate_dataset
 
     if not is_local(SMALL_ID):
         generate_dataset(SMALL_ID, episodes=3, seed=1, max_steps=60, progress=False)
@@ -31,15 +31,15 @@ def small_dataset() -> str:
 
 @pytest.fixture(scope="session")
 def small_pairs(small_dataset):
-    from kitchen_lib.pairs import PairsConfig
-    from kitchen_lib.pairs_cache import build_pairs
+    from kitchen_lib.data.cache import build_pairs
+    from kitchen_lib.data.pairs import PairsConfig
 
     return build_pairs(PairsConfig(dataset=small_dataset, k=5, size=32), progress=False)
 
 
 @pytest.fixture(scope="session")
 def env():
-    from kitchen_lib.kitchen import make_env
+    from kitchen_lib.data.kitchen import make_env
 
     e = make_env(render_mode="rgb_array", width=128, height=128)
     yield e

@@ -31,7 +31,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_json(name: str, obj: dict) -> Path:
-    from kitchen_lib.paths import atomic_path
+    from kitchen_lib.base.paths import atomic_path
 
     path = RESULTS / name
     with atomic_path(path) as tmp:

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 
-from kitchen_lib.config import preset, with_overrides  # noqa: E402
-from kitchen_lib.diffusion import SamplerConfig  # noqa: E402
-from kitchen_lib.evaluate import evaluate  # noqa: E402
-from kitchen_lib.inference import load_predictor  # noqa: E402
-from kitchen_lib.pairs_cache import build_pairs  # noqa: E402
-from kitchen_lib.train import Trainer  # noqa: E402
+from kitchen_lib.data.cache import build_pairs  # noqa: E402
+from kitchen_lib.inference.evaluate import evaluate  # noqa: E402
+from kitchen_lib.inference.predictor import load_predictor  # noqa: E402
+from kitchen_lib.model.diffusion import SamplerConfig  # noqa: E402
+from kitchen_lib.training.config import preset, with_overrides  # noqa: E402
+from kitchen_lib.training.trainer import Trainer  # noqa: E402
 
 ORIGINAL = {"prediction": "eps", "schedule": "linear", "residual": False, "loss_weighting": "none"}
 RESIDUAL_X0 = {"prediction": "x0", "schedule": "cosine", "residual": True, "loss_weighting": "none"}

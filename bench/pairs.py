@@ -63,10 +63,10 @@ def main() -> None:
     # top level, and should hold no more than the CLI's workers do (no torch).
     from _common import machine
 
-    from kitchen_lib.datasets import is_local
-    from kitchen_lib.generate import generate_dataset
-    from kitchen_lib.pairs import PairsConfig
-    from kitchen_lib.pairs_cache import build_pairs, load_cache
+    from kitchen_lib.data.cache import build_pairs, load_cache
+    from kitchen_lib.data.datasets import is_local
+    from kitchen_lib.data.generate import generate_dataset
+    from kitchen_lib.data.pairs import PairsConfig
 
     episodes = max(3, a.steps // EPISODE_STEPS)
     dataset = f"kitchen-diffusion/random-{episodes * EPISODE_STEPS}-v0"

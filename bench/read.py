@@ -30,9 +30,9 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from _common import machine, table, write_json  # noqa: E402
 
-from kitchen_lib.conditioning import ConditionedPairs  # noqa: E402
-from kitchen_lib.pairs import PairsConfig  # noqa: E402
-from kitchen_lib.pairs_cache import build_pairs, load_cache  # noqa: E402
+from kitchen_lib.data.cache import build_pairs, load_cache  # noqa: E402
+from kitchen_lib.data.conditioning import ConditionedPairs  # noqa: E402
+from kitchen_lib.data.pairs import PairsConfig  # noqa: E402
 
 EPISODE_STEPS = 250
 

@@ -20,10 +20,10 @@ import numpy as np  # noqa: E402
 from _common import machine, table, write_json  # noqa: E402
 
 import kitchen_lib  # noqa: F401,E402  (headless MUJOCO_GL before mujoco loads)
-from kitchen_lib.datasets import OFFLINE_DATASET_ID, is_local, load_episode  # noqa: E402
-from kitchen_lib.kitchen import make_env, state_from_observation  # noqa: E402
-from kitchen_lib.metrics import psnr  # noqa: E402
-from kitchen_lib.render import KitchenRenderer, RenderPool, default_workers  # noqa: E402
+from kitchen_lib.data.datasets import OFFLINE_DATASET_ID, is_local, load_episode  # noqa: E402
+from kitchen_lib.data.kitchen import make_env, state_from_observation  # noqa: E402
+from kitchen_lib.data.render import KitchenRenderer, RenderPool, default_workers  # noqa: E402
+from kitchen_lib.inference.metrics import psnr  # noqa: E402
 
 SIZE = 128
 
@@ -32,7 +32,7 @@ def bench_states(dataset: str, n: int) -> np.ndarray:
     if is_local(dataset):
         obs = load_episode(dataset, 0).observations
     else:
-        from kitchen_lib.expert import run_episode
+        from kitchen_lib.data.expert import run_episode
 
         env = make_env()
         obs = run_episode(env, 0, max_steps=400).observations

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import machine, table, write_json  # noqa: E402
 
-from kitchen_lib.config import preset  # noqa: E402
-from kitchen_lib.diffusion import Diffusion, SamplerConfig  # noqa: E402
-from kitchen_lib.unet import ConditionalUNet, channels_last, count_parameters  # noqa: E402
+from kitchen_lib.model.diffusion import Diffusion, SamplerConfig  # noqa: E402
+from kitchen_lib.model.unet import ConditionalUNet, channels_last, count_parameters  # noqa: E402
+from kitchen_lib.training.config import preset  # noqa: E402
 
 SAMPLERS = [SamplerConfig("ddpm"), SamplerConfig("ddim", 50), SamplerConfig("ddim", 20), SamplerConfig("ddim", 10),
             SamplerConfig("ddim", 5)]

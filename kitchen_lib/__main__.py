@@ -1,5 +1,5 @@
 import sys
 
-from kitchen_lib.cli import main
+from kitchen_lib.frontend.cli import main
 
 sys.exit(main())

@@ -22,8 +22,8 @@ def _inputs(io):
 
 
 def test_the_smoke_world_fixture_predicts_its_recorded_outputs_bit_for_bit():
-    from kitchen_lib.diffusion import SamplerConfig
-    from kitchen_lib.inference import load_predictor
+    from kitchen_lib.inference.predictor import load_predictor
+    from kitchen_lib.model.diffusion import SamplerConfig
 
     p = load_predictor(CHECKPOINT, device="cpu")
     assert p.config.preset == "smoke-world" and p.config.conditioning.context_frames == 2
@@ -35,9 +35,9 @@ def test_the_smoke_world_fixture_predicts_its_recorded_outputs_bit_for_bit():
 
 
 def test_the_smoke_world_fixture_rolls_out_as_it_did():
-    from kitchen_lib.diffusion import SamplerConfig
-    from kitchen_lib.inference import load_predictor
-    from kitchen_lib.rollout import rollout
+    from kitchen_lib.inference.predictor import load_predictor
+    from kitchen_lib.inference.rollout import rollout
+    from kitchen_lib.model.diffusion import SamplerConfig
 
     p = load_predictor(CHECKPOINT, device="cpu")
     io = _io()
@@ -47,9 +47,9 @@ def test_the_smoke_world_fixture_rolls_out_as_it_did():
 
 
 def test_the_smoke_world_fixture_resumes_and_trains_on(small_dataset, tmp_path, monkeypatch):
-    from kitchen_lib.checkpoint import load_checkpoint
-    from kitchen_lib.config import RunConfig, with_overrides
-    from kitchen_lib.train import Trainer
+    from kitchen_lib.training.checkpoint import load_checkpoint
+    from kitchen_lib.training.config import RunConfig, with_overrides
+    from kitchen_lib.training.trainer import Trainer
 
     monkeypatch.chdir(tmp_path)  # the run recorded a relative TensorBoard folder
     run = tmp_path / "run"

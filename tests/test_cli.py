@@ -27,8 +27,8 @@ def test_cli_argument_errors_come_before_loading(tmp_path):
 
 
 def _parse(*argv):
-    from kitchen_lib.cli import build_parser
-    from kitchen_lib.flags import config_from_args
+    from kitchen_lib.frontend.cli import build_parser
+    from kitchen_lib.frontend.flags import config_from_args
 
     return config_from_args(build_parser().parse_args(["train", *argv]))
 
@@ -36,7 +36,7 @@ def _parse(*argv):
 def test_train_flags_are_generated_from_every_config_field():
     import dataclasses
 
-    from kitchen_lib.flags import GROUPS, NOT_FLAGS, flag_name
+    from kitchen_lib.frontend.flags import GROUPS, NOT_FLAGS, flag_name
 
     out = subprocess.run([sys.executable, "-m", "kitchen_lib", "train", "--help"], capture_output=True, text=True)
     options = set(re.findall(r"--[a-z_]+", out.stdout))
@@ -49,7 +49,7 @@ def test_train_flags_are_generated_from_every_config_field():
 
 
 def test_original_flag_names_mean_the_same_as_ours():
-    from kitchen_lib.config import preset, with_overrides
+    from kitchen_lib.training.config import preset, with_overrides
 
     original = _parse("--preset", "seed", "--k_step_future", "3", "--img_resolution", "64", "--model_channel_mults", "1,2,4",
                       "--model_attention_resolutions_divisor", "2", "--diffusion_timesteps", "500", "--disable_amp",

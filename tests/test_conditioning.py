@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from kitchen_lib.conditioning import (
+from kitchen_lib.data.cache import load_cache
+from kitchen_lib.data.conditioning import (
     ACTION_DIM,
     ConditionedPairs,
     ConditioningConfig,
@@ -14,10 +15,9 @@ from kitchen_lib.conditioning import (
     shuffled_actions,
     step_inputs,
 )
-from kitchen_lib.config import build_model, preset, with_overrides
-from kitchen_lib.datasets import load_episode
-from kitchen_lib.pairs_cache import load_cache
-from kitchen_lib.unet import ConditionalUNet, ResBlock, UNetConfig
+from kitchen_lib.data.datasets import load_episode
+from kitchen_lib.model.unet import ConditionalUNet, ResBlock, UNetConfig
+from kitchen_lib.training.config import build_model, preset, with_overrides
 
 WORLD = ConditioningConfig(context_frames=3, actions=True, proprio=True)
 
@@ -102,12 +102,12 @@ def test_adagn_blocks_start_at_identity_and_the_vector_then_matters():
 
 
 def test_world_preset_trains_predicts_and_evaluates_with_shuffled_actions(small_pairs, small_dataset, tmp_path):
-    from kitchen_lib.conditioning import episode_vectors
-    from kitchen_lib.diffusion import SamplerConfig
-    from kitchen_lib.evaluate import evaluate
-    from kitchen_lib.inference import load_predictor
-    from kitchen_lib.rollout import rollout
-    from kitchen_lib.train import train
+    from kitchen_lib.data.conditioning import episode_vectors
+    from kitchen_lib.inference.evaluate import evaluate
+    from kitchen_lib.inference.predictor import load_predictor
+    from kitchen_lib.inference.rollout import rollout
+    from kitchen_lib.model.diffusion import SamplerConfig
+    from kitchen_lib.training.trainer import train
 
     smoke = preset("smoke")
     cfg = with_overrides(smoke, data={"dataset": small_dataset}, conditioning={"context_frames": 2, "actions": True},
@@ -129,7 +129,7 @@ def test_world_preset_trains_predicts_and_evaluates_with_shuffled_actions(small_
         rollout(p, small_pairs.episode_frames(episode), 4, 3)
 
     # The demo shows the action chunk it feeds the model, and can take another episode's.
-    from kitchen_lib.widgets import PredictionDemo
+    from kitchen_lib.frontend.widgets import PredictionDemo
 
     demo = PredictionDemo(p, small_pairs, SamplerConfig("ddim", 2), rollout_horizon=2)
     demo.slider.value = 5

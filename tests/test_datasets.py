@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from kitchen_lib.datasets import (
+from kitchen_lib.data.datasets import (
     DatasetError,
     dataset_path,
     episode_lengths,
@@ -11,7 +11,7 @@ from kitchen_lib.datasets import (
     open_dataset,
     store_path,
 )
-from kitchen_lib.generate import generate_dataset
+from kitchen_lib.data.generate import generate_dataset
 
 
 def _listing(root):
@@ -33,7 +33,7 @@ def test_d4rl_id_reads_a_dataset_laid_out_like_d4rl(small_dataset):
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    from kitchen_lib.kitchen import make_env
+    from kitchen_lib.data.kitchen import make_env
 
     d4rl_id = "D4RL/kitchen/complete-v2"
     src = list(iter_episodes(small_dataset))

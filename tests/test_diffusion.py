@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kitchen_lib.diffusion import DEFAULT_DDIM_STEPS, Diffusion, DiffusionConfig, SamplerConfig, _gather
+from kitchen_lib.model.diffusion import DEFAULT_DDIM_STEPS, Diffusion, DiffusionConfig, SamplerConfig, _gather
 
 
 def test_linear_schedule_endpoints_and_monotone():

@@ -21,12 +21,13 @@ import psutil
 import pytest
 import torch
 
-from kitchen_lib import distributed
-from kitchen_lib.checkpoint import load_checkpoint
-from kitchen_lib.config import build_model, preset, with_overrides
-from kitchen_lib.distributed import World, own_rows, rank_indices, rank_val_batches, world_from_env
-from kitchen_lib.locks import folder_lock
-from kitchen_lib.runlog import read_metrics
+from kitchen_lib.base.global_batch import own_rows
+from kitchen_lib.base.locks import folder_lock
+from kitchen_lib.training import distributed
+from kitchen_lib.training.checkpoint import load_checkpoint
+from kitchen_lib.training.config import build_model, preset, with_overrides
+from kitchen_lib.training.distributed import World, rank_indices, rank_val_batches, world_from_env
+from kitchen_lib.training.runlog import read_metrics
 
 EPOCHS = 6  # of 7 optimizer steps at a global batch of 8 (the small dataset's 56-63 training pairs)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -2,17 +2,17 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
-from kitchen_lib.checkpoint import CheckpointError
-from kitchen_lib.config import preset, with_overrides
-from kitchen_lib.diffusion import SamplerConfig
-from kitchen_lib.evaluate import evaluate
-from kitchen_lib.inference import load_predictor, pairs_for
-from kitchen_lib.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map
-from kitchen_lib.pairs import PairsConfig
-from kitchen_lib.pairs_cache import build_pairs
-from kitchen_lib.rollout import rollout, save_animation
-from kitchen_lib.runs import regression_beside
-from kitchen_lib.train import train
+from kitchen_lib.data.cache import build_pairs
+from kitchen_lib.data.pairs import PairsConfig
+from kitchen_lib.inference.evaluate import evaluate
+from kitchen_lib.inference.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map
+from kitchen_lib.inference.predictor import load_predictor, pairs_for
+from kitchen_lib.inference.rollout import rollout, save_animation
+from kitchen_lib.model.diffusion import SamplerConfig
+from kitchen_lib.training.checkpoint import CheckpointError
+from kitchen_lib.training.config import preset, with_overrides
+from kitchen_lib.training.runs import regression_beside
+from kitchen_lib.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_missing_and_mismatched_checkpoints_get_clear_errors(models, small_datas
 
 
 def test_demo_callbacks_headless(models, small_pairs):
-    from kitchen_lib.widgets import PredictionDemo
+    from kitchen_lib.frontend.widgets import PredictionDemo
 
     p = load_predictor(models[0])
     demo = PredictionDemo(p, pairs_for(p), sampler=SamplerConfig(steps=2), rollout_horizon=3)
@@ -130,7 +130,7 @@ def test_demo_callbacks_headless(models, small_pairs):
     assert demo.last["step"] == 9 and "PSNR" in demo.info.value
     assert demo.images[0].value != before or demo.images[1].value != before
     frames = small_pairs.episode_frames(first_test)
-    from kitchen_lib.images import png_bytes
+    from kitchen_lib.base.images import png_bytes
 
     assert demo.images[0].value == png_bytes(frames[9], 3)  # the current frame shown is step 9's
     assert demo.images[2].value == png_bytes(frames[14], 3)  # and the truth k=5 steps later
@@ -150,7 +150,7 @@ def test_demo_callbacks_headless(models, small_pairs):
 def test_find_checkpoint_prefers_the_newest_run(tmp_path, monkeypatch):
     import os
 
-    from kitchen_lib.runs import find_checkpoint
+    from kitchen_lib.training.runs import find_checkpoint
 
     monkeypatch.setenv("KITCHEN_DATA_DIR", str(tmp_path))
     assert find_checkpoint("cpu") is None
@@ -166,7 +166,7 @@ def test_find_checkpoint_prefers_the_newest_run(tmp_path, monkeypatch):
 
 
 def test_notebooks_show_a_runs_last_weights(tmp_path, monkeypatch):
-    from kitchen_lib.course import ensure_trained
+    from kitchen_lib.frontend.course import ensure_trained
 
     monkeypatch.setenv("KITCHEN_DATA_DIR", str(tmp_path))
     run = tmp_path / "checkpoints" / "cpu"

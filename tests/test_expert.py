@@ -1,8 +1,8 @@
 import numpy as np
 
-from kitchen_lib.controller import hand_frame
-from kitchen_lib.expert import run_episode
-from kitchen_lib.kitchen import BONUS_THRESH, completed_tasks, state_from_observation, task_distance
+from kitchen_lib.data.controller import hand_frame
+from kitchen_lib.data.expert import run_episode
+from kitchen_lib.data.kitchen import BONUS_THRESH, completed_tasks, state_from_observation, task_distance
 
 
 def test_hand_frame_is_a_rotation():

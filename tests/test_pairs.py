@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from kitchen_lib.datasets import iter_episodes
-from kitchen_lib.images import to_grayscale
-from kitchen_lib.pairs import FramePairs, PairsConfig, pair_steps, split_episodes
-from kitchen_lib.pairs_cache import CacheError, build_pairs, cache_dir_for, load_cache
-from kitchen_lib.paths import data_dir
-from kitchen_lib.render import KitchenRenderer
+from kitchen_lib.base.images import to_grayscale
+from kitchen_lib.base.paths import data_dir
+from kitchen_lib.data.cache import CacheError, build_pairs, cache_dir_for, load_cache
+from kitchen_lib.data.datasets import iter_episodes
+from kitchen_lib.data.pairs import FramePairs, PairsConfig, pair_steps, split_episodes
+from kitchen_lib.data.render import KitchenRenderer
 
 
 def test_pair_steps_never_cross_the_episode_end():

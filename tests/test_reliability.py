@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from kitchen_lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from kitchen_lib.cli import main
-from kitchen_lib.config import preset, with_overrides
-from kitchen_lib.datasets import store_path
-from kitchen_lib.divergence import TrainingDiverged
-from kitchen_lib.inference import load_predictor
-from kitchen_lib.locks import clean_stale, folder_lock
-from kitchen_lib.pairs import PairsConfig
-from kitchen_lib.pairs_cache import CacheError, _build, _used_lengths, cache_dir_for, load_cache
-from kitchen_lib.paths import data_dir
-from kitchen_lib.runs import resume_candidates
-from kitchen_lib.train import Trainer, train
+from kitchen_lib.base.locks import clean_stale, folder_lock
+from kitchen_lib.base.paths import data_dir
+from kitchen_lib.data.cache import CacheError, _build, _used_lengths, cache_dir_for, load_cache
+from kitchen_lib.data.datasets import store_path
+from kitchen_lib.data.pairs import PairsConfig
+from kitchen_lib.frontend.cli import main
+from kitchen_lib.inference.predictor import load_predictor
+from kitchen_lib.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from kitchen_lib.training.config import preset, with_overrides
+from kitchen_lib.training.divergence import TrainingDiverged
+from kitchen_lib.training.runs import resume_candidates
+from kitchen_lib.training.trainer import Trainer, train
 
 
 def snapshot(*roots: Path) -> dict[str, tuple[int, str]]:
@@ -316,7 +316,7 @@ def test_kill_9_while_generating_then_the_next_run_recovers(tmp_path, monkeypatc
     assert out.returncode == 0, out.stderr[-2000:]
     assert _temp_leftovers(store) == []
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
-    from kitchen_lib.datasets import open_dataset
+    from kitchen_lib.data.datasets import open_dataset
 
     assert open_dataset("kitchen-diffusion/killed-v0").total_episodes == 2
 

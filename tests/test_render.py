@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from kitchen_lib.kitchen import state_from_observation
-from kitchen_lib.metrics import psnr
-from kitchen_lib.render import KitchenRenderer, render_frames
+from kitchen_lib.data.kitchen import state_from_observation
+from kitchen_lib.data.render import KitchenRenderer, render_frames
+from kitchen_lib.inference.metrics import psnr
 
 
 @pytest.fixture(scope="module")

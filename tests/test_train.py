@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from kitchen_lib.checkpoint import CheckpointError, load_checkpoint
-from kitchen_lib.config import LEGACY_DIFFUSION, RunConfig, build_model, preset, with_overrides
-from kitchen_lib.divergence import TrainingDiverged
-from kitchen_lib.lr_schedule import lr_factor
-from kitchen_lib.progress import advance, progress_bar
-from kitchen_lib.runlog import read_metrics
-from kitchen_lib.train import Trainer, train
+from kitchen_lib.training.checkpoint import CheckpointError, load_checkpoint
+from kitchen_lib.training.config import LEGACY_DIFFUSION, RunConfig, build_model, preset, with_overrides
+from kitchen_lib.training.divergence import TrainingDiverged
+from kitchen_lib.training.lr_schedule import lr_factor
+from kitchen_lib.training.progress import advance, progress_bar
+from kitchen_lib.training.runlog import read_metrics
+from kitchen_lib.training.trainer import Trainer, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -197,8 +197,8 @@ def test_configs_saved_before_an_option_existed_keep_their_meaning():
 def test_a_checkpoint_saved_before_the_config_moved_still_loads_and_predicts_the_same():
     """tests/fixtures/legacy_checkpoint.pt was written by the code of commit 58b9570 (U-Net size and
     pixel attention in the model config, train.sample_steps); the npz holds its DDIM-3 outputs then."""
-    from kitchen_lib.diffusion import SamplerConfig
-    from kitchen_lib.inference import load_predictor
+    from kitchen_lib.inference.predictor import load_predictor
+    from kitchen_lib.model.diffusion import SamplerConfig
 
     p = load_predictor(FIXTURES / "legacy_checkpoint.pt")
     assert p.config.model.attention_levels == (1,) and p.config.data.size == 16 and p.objective == "diffusion"

@@ -4,10 +4,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kitchen_lib import layers
-from kitchen_lib.config import preset
-from kitchen_lib.diffusion import Diffusion, DiffusionConfig
-from kitchen_lib.unet import Attention, ConditionalUNet, UNetConfig, channels_last, count_parameters
+from kitchen_lib.model.diffusion import Diffusion, DiffusionConfig
+from kitchen_lib.model.frame_model import layers
+from kitchen_lib.model.unet import Attention, ConditionalUNet, UNetConfig, channels_last, count_parameters
+from kitchen_lib.training.config import preset
 
 SMOKE = preset("smoke").model  # 32px frames
 

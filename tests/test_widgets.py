@@ -1,7 +1,7 @@
 import numpy as np
 
-from kitchen_lib.images import png_bytes
-from kitchen_lib.widgets import FramePlayer
+from kitchen_lib.base.images import png_bytes
+from kitchen_lib.frontend.widgets import FramePlayer
 
 
 def _frames(n=6, size=8):

@@ -1,0 +1,54 @@
+"""Where generated files go."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kitchen_lib.base.locks import owner_tag, user_file_mode
+
+
+def data_dir() -> Path:
+    """`$KITCHEN_DATA_DIR`, else the repository's `data/` in a source checkout, else `./data`."""
+    env = os.environ.get("KITCHEN_DATA_DIR")
+    if env:
+        return Path(env)
+    repo_data = Path(__file__).resolve().parents[1] / "data"
+    return repo_data if repo_data.is_dir() else Path.cwd() / "data"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
+
+    Readers never see a half-written file, and a failed write leaves the old file as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The real suffix stays last: image and video writers choose the format by it.
+    # The owner's pid in the name lets the next run sweep what a killed one left (locks.clean_stale).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{owner_tag()}", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        # mkstemp's 0600 would outlive the rename: keep the mode of the file replaced, else the umask's
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.is_file() else user_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Fail now, not after the work, if `folder` (or the nearest folder that exists above it)
+    cannot be written."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to {folder} ({what}): choose a folder you can write, or fix its permissions")
+    return folder

@@ -1,0 +1,9 @@
+"""Data: from the simulator to what a model is fed.
+
+kitchen (the FrankaKitchen-v1 scene), controller and expert (the scripted policy), generate (our
+offline Minari dataset), datasets (reading any kitchen dataset, D4RL's or ours), render (states to
+frames), pairs (the split and the pairs' config), cache (the pairs cache on disk), conditioning
+(what a world model sees besides the frame).
+
+May import: base, data.
+"""

@@ -1,0 +1,180 @@
+"""Held-out evaluation of a model against the baselines.
+
+Methods, each a way to guess the future frame:
+    diffusion                   one sample of the diffusion model (with a chosen sampler)
+    diffusion_mean              the mean of `mean_of` samples: nearer the conditional mean, blurrier
+    diffusion_x0                the network's one-step estimate from pure noise (one call)
+    diffusion_shuffled_actions  one sample with each pair's actions swapped for another pair's
+                                (action-conditioned models): its gap to "diffusion" says how much
+                                the model uses the actions
+    copy                        the current frame
+    regression                  the deterministic U-Net, when a checkpoint is given or found beside
+PSNR rewards the conditional mean, so a blurry average beats a sharp guess of one future: the
+sharpness ratio on the moving pixels (gradient energy of the prediction over the truth's, 1 is as
+sharp as reality) shows what PSNR hides.
+
+The JSON layout (stable, for other tools):
+
+    {"dataset": str, "split": str, "pairs": int, "k": int, "size": int,
+     "sampler": str, "sampling_steps": int,           # the diffusion model's sampler, network calls per frame
+     "mean_of": int,                                  # samples averaged for diffusion_mean
+     "methods": {"diffusion":  {"psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving", "seconds_per_frame"},
+                 "copy":       {... same keys ...}, ...},    # the methods above that apply
+     "per_task": {"microwave": {"pairs": int, "methods": {... as above, without seconds ...}}, ...}}
+
+PSNR in dB (capped at 60), SSIM in [-1, 1]; "_moving" scores are over pixels where the current
+and true future frames differ by more than 0.05, averaged over pairs that have any.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kitchen_lib.data.conditioning import shuffled_actions
+from kitchen_lib.data.datasets import iter_episodes
+from kitchen_lib.data.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES, state_from_observation
+from kitchen_lib.data.pairs import PairsCache
+from kitchen_lib.inference.baselines import copy_frame
+from kitchen_lib.inference.metrics import frame_scores, summarise
+from kitchen_lib.inference.predictor import Predictor, load_predictor
+from kitchen_lib.model.diffusion import SamplerConfig
+from kitchen_lib.training.runs import regression_beside
+
+# A task "moves" in a pair when its joints change by more than this between t and t+k.
+TASK_MOTION = 0.01
+
+
+def moving_tasks(cache: PairsCache, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """For each task, a bool per pair: do its joints move between step t and t+k?"""
+    k = cache.meta["config"]["k"]
+    out = {t: np.zeros(len(rows), bool) for t in COMPLETE_TASKS}
+    for ep in iter_episodes(cache.meta["config"]["dataset"], sorted({int(e) for e in rows[:, 0]})):
+        sel = np.flatnonzero(rows[:, 0] == ep.index)
+        qpos = np.stack([state_from_observation(o)[0] for o in ep.observations])
+        for task in COMPLETE_TASKS:
+            idx = TASK_QPOS_INDICES[task]
+            t = rows[sel, 1]  # env steps
+            delta = np.linalg.norm(qpos[t + k][:, idx] - qpos[t][:, idx], axis=1)
+            out[task][sel] = delta > TASK_MOTION
+    return out
+
+
+def _predict_all(p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig, seed: int, batch: int,
+                 x0: bool = False) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    parts = [p.predict_pairs({k: v[i : i + batch] for k, v in inputs.items()}, sampler, seed=seed + i, x0=x0)
+             for i in range(0, len(inputs["current"]), batch)]
+    return np.concatenate(parts), (time.perf_counter() - t0) / len(inputs["current"])
+
+
+def _mean_of(p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig, seed: int, batch: int,
+             n: int) -> tuple[np.ndarray, float]:
+    samples = [_predict_all(p, inputs, sampler, seed + 100_000 * j, batch) for j in range(n)]
+    mean = np.mean([s.astype(np.float32) for s, _ in samples], axis=0)
+    return np.rint(mean).astype(np.uint8), sum(t for _, t in samples)
+
+
+def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: SamplerConfig | None = None,
+             regression: Predictor | None = None, max_pairs: int | None = None, seed: int = 0, batch: int = 64,
+             progress: bool = True, details: bool = False, mean_of: int = 4, x0: bool = True,
+             shuffled: bool = True) -> dict:
+    """Score the model and the baselines on the pairs of a split; returns the documented dict.
+
+    `sampler` defaults to the one the model's run chose. mean_of < 2 leaves out diffusion_mean
+    (it costs `mean_of` more samples), x0=False diffusion_x0 (one more network call a frame),
+    shuffled=False diffusion_shuffled_actions (one more sample).
+
+    details=True adds result["details"]: the (episode, step) rows, the frames, each method's
+    predictions and per-pair scores (arrays: for notebooks, not for JSON)."""
+    from tqdm.auto import tqdm
+
+    want = (predictor.config.data.size, predictor.config.data.channels, predictor.config.data.k)
+    have = (cache.meta["config"]["size"], cache.frames.shape[-1], cache.meta["config"]["k"])
+    if want != have:
+        raise ValueError(f"the model was trained on (size, channels, k) = {want} but these pairs are {have}: "
+                         f"build pairs with the model's settings")
+    sampler = sampler or predictor.sampler
+    inputs = predictor.inputs(cache, split, max_pairs)
+    rows, cur, fut = inputs["rows"], inputs["current"], inputs["future"]
+    preds = {"diffusion": _predict_all(predictor, inputs, sampler, seed, batch)}
+    if mean_of > 1 and predictor.objective == "diffusion":
+        preds["diffusion_mean"] = _mean_of(predictor, inputs, sampler, seed, batch, mean_of)
+    if x0 and predictor.objective == "diffusion":
+        preds["diffusion_x0"] = _predict_all(predictor, inputs, sampler, seed, batch, x0=True)
+    if shuffled and predictor.conditioning.actions:
+        swapped = inputs | {"vector": shuffled_actions(inputs["vector"], predictor.conditioning, predictor.k, seed)}
+        preds["diffusion_shuffled_actions"] = _predict_all(predictor, swapped, sampler, seed, batch)
+    preds["copy"] = (copy_frame(cur), 0.0)
+    if regression is not None:
+        preds["regression"] = _predict_all(regression, regression.inputs(cache, split, max_pairs), sampler, seed, batch)
+    scores = {m: [frame_scores(c, f, p) for c, f, p in tqdm(zip(cur, fut, pr, strict=True), total=len(cur),
+                                                              desc=f"score {m}", disable=not progress, leave=False)]
+              for m, (pr, _) in preds.items()}
+    methods = {m: summarise(s) | {"seconds_per_frame": preds[m][1]} for m, s in scores.items()}
+    per_task = {}
+    for task, moving in moving_tasks(cache, rows).items():
+        sel = np.flatnonzero(moving)
+        per_task[task] = {"pairs": int(len(sel)),
+                          "methods": {m: summarise([s[i] for i in sel]) if len(sel) else {} for m, s in scores.items()}}
+    result = {
+        "dataset": cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
+        "sampler": sampler.name, "sampling_steps": predictor.model.network_calls(sampler), "mean_of": mean_of,
+        "methods": methods, "per_task": per_task,
+    }
+    if details:
+        result["details"] = {"rows": rows, "current": cur, "future": fut, "pred": {m: p for m, (p, _) in preds.items()},
+                             "scores": scores}
+    return result
+
+
+def format_table(result: dict) -> str:
+    """The methods as a plain-text table."""
+    head = f"{'method':27s} {'PSNR':>7s} {'SSIM':>6s} {'PSNR mov':>9s} {'SSIM mov':>9s} {'sharp mov':>9s} {'s/frame':>8s}"
+    lines = [f"{result['dataset']} / {result['split']}: {result['pairs']} pairs, k={result['k']}, {result['size']}px, "
+             f"diffusion sampled with {result['sampler']}-{result['sampling_steps']}", head, "-" * len(head)]
+    for m, r in result["methods"].items():
+        lines.append(f"{m:27s} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['psnr_moving']:9.2f} {r['ssim_moving']:9.3f} "
+                     f"{r['sharpness_moving']:9.3f} {r['seconds_per_frame']:8.3f}")
+    lines.append("moving-pixel PSNR by task (pairs where the task's object moves):")
+    for task, r in result["per_task"].items():
+        vals = ", ".join(f"{m} {v['psnr_moving']:.2f}" for m, v in r["methods"].items() if v)
+        lines.append(f"  {task:14s} {r['pairs']:5d} pairs  {vals or '-'}")
+    return "\n".join(lines)
+
+
+def load_with_regression(checkpoint: str | Path, regression: str | Path | None = None, device: str = "auto"):
+    """The diffusion predictor and, if given or found beside it, the regression one."""
+    p = load_predictor(checkpoint, device=device)
+    if p.objective != "diffusion":
+        raise ValueError(f"{checkpoint} is a {p.objective} model; pass the diffusion checkpoint and the regression one "
+                         f"with --regression")
+    reg_path = Path(regression) if regression else regression_beside(checkpoint)
+    reg = load_predictor(reg_path, device=device) if reg_path else None
+    if reg is not None and reg.objective != "regression":
+        raise ValueError(f"{reg_path} is not a regression checkpoint (objective {reg.objective})")
+    return p, reg
+
+
+def plot_time_to_quality(result: dict):
+    """Held-out PSNR against training minutes, model and copy, full frame and moving pixels.
+
+    `result` is bench/quality.py's JSON (its "curve" list); returns a matplotlib Figure."""
+    import matplotlib.pyplot as plt
+
+    curve = result["curve"]
+    minutes = [0.0] + [c["minutes"] for c in curve]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3), dpi=80)
+    for ax, key, title in zip(axes, ("psnr", "psnr_moving"), ("full frame", "moving pixels"), strict=True):
+        # Minute 0: the untrained network is not scored; its line starts at the first point.
+        ax.plot(minutes[1:], [c["model"][key] for c in curve], "o-", label="diffusion model")
+        ax.plot(minutes, [curve[0]["copy"][key]] * len(minutes), "--", color="gray", label="copy current frame")
+        ax.set(title=f"{title}", xlabel="training minutes (2-core CPU)", ylabel="PSNR (dB)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"Held-out PSNR vs training time, {result.get('preset', 'cpu')} preset, {result.get('default_sampler', '')}",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,7 @@
+"""Model: tensors in, tensors out; no files, no datasets.
+
+diffusion (noise schedules, forward noising, targets, samplers), layers and unet (the network),
+frame_model (network + diffusion + objective: the object training and inference hold).
+
+May import: base, model.
+"""

@@ -1,0 +1,287 @@
+"""The diffusion process: noise schedules, forward noising, training targets, samplers.
+
+Notation (Ho et al. 2020): beta_t is the noise added at step t, alpha_t = 1 - beta_t,
+alpha_bar_t = prod_{s<=t} alpha_s. The forward process jumps straight to any t:
+
+    x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps,    eps ~ N(0, I)
+
+The network sees (x_t, t, current frame) and predicts one of
+    eps  the noise (the original DDPM),
+    v    sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x_0 (Salimans & Ho 2022),
+    x0   the clean future frame itself;
+all three are interchangeable given x_t, which is how the samplers use any of them.
+
+Two options change what is diffused and how it is weighted:
+    residual       diffuse the change (future - current) instead of the future frame. Most of a
+                   kitchen frame does not move in k steps, so the change is mostly zero and an
+                   untrained network already predicts "copy the frame"; it learns only motion.
+    loss_weighting "min_snr" (Hang et al. 2023) weights each timestep's loss by
+                   min(SNR_t, gamma) expressed for the chosen target, so the many nearly noise-free
+                   steps do not dominate training.
+
+Samplers run the full reverse process from pure noise: DDPM visits all T steps; DDIM
+(Song et al. 2021) visits a chosen subset, deterministic with eta = 0, with "trailing"
+spacing (Lin et al. 2024): it starts at t = T-1 and its last network call is at t = T/steps - 1,
+not at t = 0, where a call would change almost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from kitchen_lib.base.global_batch import global_shape, own_rows
+
+PREDICTIONS = ("eps", "v", "x0")
+SCHEDULES = ("linear", "cosine")
+LOSS_WEIGHTINGS = ("none", "min_snr")
+SAMPLERS = ("ddim", "ddpm")
+DEFAULT_DDIM_STEPS = 10  # what SamplerConfig() means by "DDIM" (chosen with bench/quality.py)
+
+# model(x_t, t, cond) -> prediction, all (B, C, H, W) but t (B,)
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and what the network learns. The defaults won bench/ablation.py on a
+    CPU budget; the original DDPM recipe is schedule="linear", prediction="eps", residual=False."""
+
+    timesteps: int = 1000  # training timesteps T of the forward process
+    schedule: str = "cosine"  # "linear" (original DDPM) or "cosine" (Nichol & Dhariwal)
+    beta_start: float = 1e-4  # linear schedule only
+    beta_end: float = 0.02  # linear schedule only
+    prediction: str = "x0"  # what the network predicts: "eps", "v" or "x0"
+    residual: bool = True  # diffuse (future - current frame) rather than the future frame
+    loss_weighting: str = "none"  # "none" or "min_snr"
+    min_snr_gamma: float = 5.0
+    # Training timesteps t = T * u**timestep_power, u uniform: 1 is uniform, below 1 trains more
+    # at high noise, where a few-step sampler's first calls decide the frame.
+    timestep_power: float = 1.0
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}: choose one of {SCHEDULES}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction target {self.prediction!r}: choose one of {PREDICTIONS}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"unknown loss weighting {self.loss_weighting!r}: choose one of {LOSS_WEIGHTINGS}")
+        if self.min_snr_gamma <= 0:
+            raise ValueError(f"--min_snr_gamma must be positive (got {self.min_snr_gamma})")
+        if not 0 < self.timestep_power <= 4:
+            raise ValueError(f"--timestep_power must be in (0, 4] (got {self.timestep_power})")
+        if self.timesteps < 2:
+            raise ValueError(f"--timesteps must be at least 2 (got {self.timesteps})")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1 (got {self.beta_start}, {self.beta_end})")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample: which sampler, and how many sampling steps (network calls) it takes.
+
+    DDPM always walks all T training timesteps; DDIM takes `steps` of them (DEFAULT_DDIM_STEPS unless told)."""
+
+    name: str = "ddim"  # "ddim" or "ddpm"
+    steps: int | None = None  # sampling steps; None: DEFAULT_DDIM_STEPS for DDIM, all T for DDPM
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
+
+    def validate(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}: choose one of {SAMPLERS}")
+        if self.name == "ddpm" and self.steps is not None:
+            raise ValueError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
+                             "(--sampling_steps is the same flag)")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--sampling_steps (--steps) must be at least 1 (got {self.steps})")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"--eta must be in [0, 1] (got {self.eta})")
+
+    def calls(self, timesteps: int) -> int:
+        """Network calls per sampled frame for a process with `timesteps` training timesteps."""
+        if self.name == "ddpm":
+            return timesteps
+        return DEFAULT_DDIM_STEPS if self.steps is None else self.steps
+
+    def label(self, timesteps: int) -> str:
+        """E.g. "DDIM-10" or "DDPM-1000"."""
+        return f"{self.name.upper()}-{self.calls(timesteps)}"
+
+
+def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), betas clipped at 0.999."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = alpha_bar / alpha_bar[0]
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+
+
+def _gather(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """a[t] shaped (B, 1, 1, 1) to broadcast over images."""
+    return a.to(t.device)[t].float().view(-1, 1, 1, 1)
+
+
+class Diffusion:
+    """A noise schedule and everything derived from it (kept in float64, used in float32)."""
+
+    def __init__(self, cfg: DiffusionConfig = DiffusionConfig()) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.T = cfg.timesteps
+        if cfg.schedule == "linear":
+            betas = linear_betas(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+        else:
+            betas = cosine_betas(cfg.timesteps)
+        self.betas = betas
+        self.alphas = 1 - betas
+        self.alpha_bar = torch.cumprod(self.alphas, 0)
+        self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
+        # Posterior q(x_{t-1} | x_t, x_0): mean = c0 * x_0 + ct * x_t, variance below.
+        self.posterior_var = betas * (1 - self.alpha_bar_prev) / (1 - self.alpha_bar)
+        self.posterior_logvar = torch.log(torch.cat([self.posterior_var[1:2], self.posterior_var[1:]]))
+        self.posterior_c0 = betas * self.alpha_bar_prev.sqrt() / (1 - self.alpha_bar)
+        self.posterior_ct = (1 - self.alpha_bar_prev) * self.alphas.sqrt() / (1 - self.alpha_bar)
+
+    def snr(self) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) per step."""
+        return self.alpha_bar / (1 - self.alpha_bar)
+
+    # --- forward process and targets ---------------------------------------------------
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t from x_0 in one jump."""
+        return _gather(self.alpha_bar.sqrt(), t) * x0 + _gather((1 - self.alpha_bar).sqrt(), t) * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network should output for this (x_0, noise, t)."""
+        if self.cfg.prediction == "eps":
+            return noise
+        if self.cfg.prediction == "x0":
+            return x0
+        return _gather(self.alpha_bar.sqrt(), t) * noise - _gather((1 - self.alpha_bar).sqrt(), t) * x0
+
+    def x0_and_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Turn a network output of any target type into (x_0, eps) estimates."""
+        sa, s1a = _gather(self.alpha_bar.sqrt(), t), _gather((1 - self.alpha_bar).sqrt(), t)
+        if self.cfg.prediction == "eps":
+            return (x_t - s1a * out) / sa, out
+        if self.cfg.prediction == "x0":
+            return out, (x_t - sa * out) / s1a
+        x0 = sa * x_t - s1a * out
+        return x0, s1a * x_t + sa * out
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss weights (B, 1, 1, 1) for timesteps t.
+
+        min-SNR asks for weight min(SNR, gamma) on the x0 error; the eps and v errors are the x0
+        error scaled by SNR and SNR + 1, so their weights are divided by those."""
+        if self.cfg.loss_weighting == "none":
+            return torch.ones(len(t), 1, 1, 1, device=t.device)
+        snr = _gather(self.snr(), t)
+        w = snr.clamp(max=self.cfg.min_snr_gamma)
+        return w / {"x0": 1, "eps": snr, "v": snr + 1}[self.cfg.prediction]
+
+    def training_loss(self, model: Denoiser, future: torch.Tensor, cond: torch.Tensor,
+                      generator: torch.Generator | None = None, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """(Weighted) mean squared error of the network's output against its target, t drawn per sample.
+
+        part = (rank, world): the batch is that rank's slice of a global batch `world` times its
+        size; t and the noise are drawn for the global batch and sliced (`distributed.own_rows`)."""
+        x0 = self.to_x0(future, cond)
+        n = x0.shape[0]
+        t = own_rows(self.training_timesteps(n * part[1], x0.device, generator), part)
+        noise = own_rows(torch.randn(global_shape(x0.shape, part), device=x0.device, generator=generator), part)
+        out = model(self.q_sample(x0, t, noise), t, cond)
+        return torch.mean(self.loss_weights(t) * (out.float() - self.target(x0, noise, t)) ** 2)
+
+    def training_timesteps(self, n: int, device: torch.device | str = "cpu",
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+        """n training timesteps: uniform over 0..T-1, or biased to high noise by timestep_power < 1."""
+        if self.cfg.timestep_power == 1:
+            return torch.randint(0, self.T, (n,), device=device, generator=generator)
+        u = torch.rand(n, device=device, generator=generator) ** self.cfg.timestep_power
+        return (u * self.T).long().clamp(max=self.T - 1)
+
+    # --- what is diffused: the frame, or its change --------------------------------------
+
+    def to_x0(self, future: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The clean sample the process diffuses for this (future, current) pair."""
+        return future - cond if self.cfg.residual else future
+
+    def to_frame(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Back from the diffused sample to a future frame in [-1, 1]."""
+        return (x0 + cond if self.cfg.residual else x0).clamp(-1, 1)
+
+    def _clip_x0(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Keep x0 estimates to values a frame can take (for a residual, -1 <= cond + x0 <= 1)."""
+        if self.cfg.residual:
+            return torch.maximum(torch.minimum(x0, 1 - cond), -1 - cond)
+        return x0.clamp(-1, 1)
+
+    # --- reverse process -----------------------------------------------------------------
+
+    def _x0_eps(self, model: Denoiser, x: torch.Tensor, t: int, cond: torch.Tensor, clip: bool):
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        x0, eps = self.x0_and_eps(model(x, tt, cond).float(), x, tt)
+        if clip:  # frames live in [-1, 1]; re-derive eps so the two stay consistent
+            x0 = self._clip_x0(x0, cond)
+            eps = (x - _gather(self.alpha_bar.sqrt(), tt) * x0) / _gather((1 - self.alpha_bar).sqrt(), tt)
+        return tt, x0, eps
+
+    @torch.no_grad()
+    def ddpm_sample(self, model: Denoiser, cond: torch.Tensor, generator: torch.Generator | None = None,
+                    clip: bool = True, progress: bool = False) -> torch.Tensor:
+        """Ancestral sampling through all T steps; returns x_0 in [-1, 1], shaped like cond's image."""
+        x = torch.randn(self._shape(model, cond), device=cond.device, generator=generator)
+        for t in tqdm(range(self.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
+            tt, x0, _ = self._x0_eps(model, x, t, cond, clip)
+            mean = _gather(self.posterior_c0, tt) * x0 + _gather(self.posterior_ct, tt) * x
+            if t > 0:
+                noise = torch.randn(x.shape, device=x.device, generator=generator)
+                x = mean + (0.5 * _gather(self.posterior_logvar, tt)).exp() * noise
+            else:
+                x = mean
+        return self.to_frame(x, cond)
+
+    def ddim_timesteps(self, steps: int) -> list[int]:
+        """The `steps` timesteps DDIM visits, "trailing": T-1 first, evenly spaced, none repeated."""
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"DDIM steps must be between 1 and {self.T} (got {steps})")
+        return [round(self.T - i * self.T / steps) - 1 for i in range(steps)]
+
+    @torch.no_grad()
+    def ddim_sample(self, model: Denoiser, cond: torch.Tensor, steps: int, eta: float = 0.0,
+                    generator: torch.Generator | None = None, clip: bool = True, progress: bool = False) -> torch.Tensor:
+        """DDIM through `steps` of the T steps (eta=0: deterministic, eta=1: DDPM-like noise)."""
+        x = torch.randn(self._shape(model, cond), device=cond.device, generator=generator)
+        ts = self.ddim_timesteps(steps)
+        for i, t in enumerate(tqdm(ts, desc=f"DDIM-{steps}", disable=not progress, leave=False)):
+            _, x0, eps = self._x0_eps(model, x, t, cond, clip)
+            ab = float(self.alpha_bar[t])
+            ab_prev = float(self.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+            sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+            x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator)
+        return self.to_frame(x, cond)
+
+    def sample(self, model: Denoiser, cond: torch.Tensor, sampler: SamplerConfig = SamplerConfig(),
+               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Predict future frames for a batch of current frames (B, C, H, W) in [-1, 1], from pure noise."""
+        sampler.validate()
+        if sampler.name == "ddpm":
+            return self.ddpm_sample(model, cond, generator, progress=progress)
+        return self.ddim_sample(model, cond, sampler.calls(self.T), sampler.eta, generator, progress=progress)
+
+    @staticmethod
+    def _shape(model: Denoiser, cond: torch.Tensor) -> tuple[int, ...]:
+        channels = getattr(model, "out_channels", cond.shape[1])
+        return (cond.shape[0], channels, *cond.shape[2:])

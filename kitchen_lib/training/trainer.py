@@ -1,0 +1,306 @@
+"""Training: AdamW, gradient clipping, EMA weights, AMP on CUDA, validation, checkpoints,
+exact resume (kitchen_lib.training.run_state), TensorBoard.
+
+Under torchrun every rank runs a Trainer (kitchen_lib.training.distributed): DDP averages the gradients,
+each rank reads its share of every global batch, and only rank 0 writes files or prints. All
+ranks hold the same weights, EMA, optimizer and RNG states, so rank 0's checkpoint is the run's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from kitchen_lib.base.images import image_grid, to_image, to_tensor
+from kitchen_lib.base.locks import claim_folder
+from kitchen_lib.data.cache import build_pairs
+from kitchen_lib.data.conditioning import ConditionedPairs, pair_inputs
+from kitchen_lib.model.unet import channels_last, count_parameters
+from kitchen_lib.training import distributed, divergence, run_state, runlog
+from kitchen_lib.training.checkpoint import CheckpointError, save_checkpoint
+from kitchen_lib.training.config import RunConfig, build_model
+from kitchen_lib.training.distributed import World
+from kitchen_lib.training.lr_schedule import lr_factor
+from kitchen_lib.training.progress import advance, progress_bar
+from kitchen_lib.training.runs import make_room
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: Path
+    tensorboard_dir: Path
+    epochs_done: int
+    optimizer_steps: int
+    final_val_loss: float
+    best_val_loss: float
+    seconds: float
+    samples_per_second: float
+    stopped_early: bool
+    parameters: int
+
+
+class Trainer:
+    """One training run. `Trainer(cfg).fit()` trains; `Trainer(cfg, resume="latest").fit()` continues.
+    `world`: this rank's place under torchrun (its process group already started; see `train`)."""
+
+    def __init__(self, cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False,
+                 overwrite: bool = False, world: World | None = None) -> None:
+        self.world, self.progress = world or World(), progress
+        self.cfg = cfg = replace(cfg, train=replace(cfg.train, world_size=self.world.size))  # the checkpoint records it
+        cfg.validate()  # before any work
+        self.ckpt_dir = cfg.checkpoint_dir()
+        self._shared = False  # whether rank 0 has told the others how its part of the setup went
+        setup = partial(self._setup, resume, force_rebuild, overwrite)
+        self._lock = ExitStack()  # rank 0 holds the folder for all ranks; the others hold nothing
+        try:
+            if self.world.is_main:  # one run per folder, for the run's life: the OS drops the lock if the process dies
+                self._lock = claim_folder(self.ckpt_dir, "this training run", setup)
+            else:
+                setup()
+        except BaseException as e:
+            if self.world.is_main and not self._shared:  # the others wait to hear it: they raise the same error
+                distributed.share_from_main(self.world, failure=e)
+            raise
+
+    def close(self) -> None:
+        """Release the run folder (fit() does this when it ends)."""
+        self._lock.close()
+
+    def _setup(self, resume: str | None, force_rebuild: bool, overwrite: bool) -> None:
+        cfg, tc, world = self.cfg, self.cfg.train, self.world
+        self.device = distributed.device_for(world, tc.device)
+        state, held = None, []
+        if world.is_main:  # the folder and the data are rank 0's first; the others wait to hear how it went
+            state, held = run_state.open_run_dir(self.ckpt_dir, cfg, resume, overwrite)
+            self._open_data(force_rebuild)
+        state = distributed.share_from_main(world, state)
+        self._shared = True
+        if not world.is_main:  # the cache is there now (on another machine's disk, it is built there)
+            self._open_data(False)
+        torch.manual_seed(tc.seed)
+        self.model = build_model(cfg)
+        if self.model.net.vector_dim:  # the actions' and joint state's scale, from the training episodes
+            self.model.net.set_vector_stats(*map(torch.from_numpy, self.train_set.vector_stats()))
+        self.model.net = channels_last(self.model.net.to(self.device))
+        self.ema = AveragedModel(self.model.net, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+        self.ema_model = self.model.with_net(self.ema.module)
+        self.train_model = self.model.with_net(distributed.wrap(self.model.net, world, self.device)) \
+            if world.size > 1 else self.model  # DDP for training only: the EMA and checkpoints keep the raw network
+        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, partial(lr_factor, tc))
+        self.use_amp = tc.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        self.epoch, self.batch_in_epoch, self.opt_step, self.saved_step = 0, 0, 0, 0
+        self.best_val, self.last_val, self._fitted = math.inf, math.nan, False
+        self.early_losses: list[float] = []  # the first REFERENCE_STEPS losses: what "exploding" is measured against
+        tb_root = Path(tc.tensorboard_dir) if tc.tensorboard_dir else cfg.root() / "tensorboard"
+        self.tb_dir = tb_root / f"{tc.run_name_prefix}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}"
+        if state is not None:
+            run_state.restore(self, state)
+            if world.is_main:
+                runlog.truncate_metrics(self.ckpt_dir, self.opt_step)
+        self.batches_per_epoch = len(self.train_set) // tc.global_batch
+        distributed.barrier(world)  # every rank is ready to start: only now may the old run go
+        if world.is_main:
+            make_room(self.ckpt_dir, held, fresh=state is None)
+
+    def _open_data(self, force_rebuild: bool) -> None:
+        """The pairs cache and the training and validation sets (a world model's cache gains its vector files)."""
+        cfg, tc = self.cfg, self.cfg.train
+        self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild,
+                                 progress=self.progress and self.world.is_main)
+        self.train_set = ConditionedPairs(self.cache, "train", cfg.conditioning)
+        self.val_set = ConditionedPairs(self.cache, "val", cfg.conditioning)
+        if len(self.train_set) < tc.global_batch:
+            each = f" ({tc.batch_size} per process x {self.world.size})" if self.world.size > 1 else ""
+            raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.global_batch}{each}")
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def _save(self, name: str) -> Path:
+        self._stop_if(divergence.weights_problem(self.model.net))  # on every rank (same weights): all stop alike
+        path = self.ckpt_dir / name
+        if self.world.is_main:
+            try:
+                save_checkpoint(run_state.capture(self), path)
+            except (OSError, RuntimeError) as e:  # disk full, read-only folder, ... (torch wraps some as RuntimeError)
+                raise CheckpointError(f"could not write {path} ({type(e).__name__}: {e}). Is the disk full or the "
+                                      f"folder read-only? The previous {name}, if any, is intact.") from e
+        self.saved_step = self.opt_step
+        return path
+
+    def _stop_if(self, problem: str | None) -> None:
+        """Stop without saving if a divergence check found a blow-up."""
+        if problem is not None:
+            raise divergence.diverged_error(self.ckpt_dir, problem, self.opt_step, self.epoch, self.saved_step,
+                                            self.cfg.train.learning_rate, truncate=self.world.is_main)
+
+    def _say(self, bar, text: str) -> None:
+        if self.world.is_main:
+            bar.write(text)
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _batches(self, epoch: int, start: int):
+        tc = self.cfg.train
+        order = run_state.epoch_order(len(self.train_set), tc.seed, epoch)  # the same on every rank; each reads its share
+        loader = torch.utils.data.DataLoader(self.train_set, batch_size=tc.batch_size, num_workers=tc.num_workers,
+                                             sampler=distributed.rank_indices(order, tc.batch_size, self.world))
+        for i, batch in enumerate(loader):
+            if i >= start:
+                yield i, batch
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean loss of the EMA weights on the validation episodes, with fixed noise. The batches are
+        shared out among the ranks and summed; each draws its noise from its own seed, so the value
+        does not depend on how many ranks there are."""
+        self.ema_model.eval()
+        tc = self.cfg.train
+        mine = distributed.rank_val_batches(len(self.val_set), max(tc.global_batch, 32), self.world)
+        loader = torch.utils.data.DataLoader(self.val_set, batch_sampler=[items for _, items in mine])
+        total, n = 0.0, 0
+        for (i, _), batch in zip(mine, loader, strict=True):
+            batch = {key: v.to(self.device) for key, v in batch.items()}
+            g = torch.Generator(device=self.device).manual_seed(run_state.val_noise_seed(tc.seed, i))
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                loss = self.ema_model.loss(batch, g)
+            total += float(loss) * len(batch["current"])
+            n += len(batch["current"])
+        total, n = distributed.all_sum(self.world, [total, n], self.device)
+        return total / max(n, 1)
+
+    @torch.no_grad()
+    def sample_grid(self, n: int = 4) -> np.ndarray:
+        """Rows of current | predicted (the run's sampler, EMA weights) | actual for fixed validation pairs."""
+        was_training = self.model.training
+        inputs = pair_inputs(self.cache, "val", self.cfg.conditioning, n)
+        g = torch.Generator(device=self.device).manual_seed(0)
+        pred = to_image(self.ema_model.eval().predict(
+            to_tensor(inputs["current"]).to(self.device), self.cfg.sampler, g,
+            context=None if "context" not in inputs else to_tensor(inputs["context"]).flatten(1, 2).to(self.device),
+            vector=None if "vector" not in inputs else torch.as_tensor(inputs["vector"], device=self.device)))
+        self.model.train(was_training)
+        return image_grid([[c, p, f] for c, p, f in zip(inputs["current"], pred, inputs["future"], strict=True)])
+
+    def fit(self) -> TrainResult:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self._fitted:
+            raise RuntimeError("a Trainer runs once: to continue, make a new one with resume=\"latest\"")
+        self._fitted = True
+        tc, main = self.cfg.train, self.world.is_main
+        writer, bar = None, None
+        t0, samples, stopped_early = time.time(), 0, False
+        try:
+            fresh = self.opt_step == 0
+            if main:  # only rank 0 writes: no event file, graph or bar on the others
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+                writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
+                if fresh:
+                    runlog.add_graph(writer, self.model.net, self.val_set[0], self.device)
+            deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
+            bar = progress_bar(self.cfg.preset, tc, self.epoch * self.batches_per_epoch + self.batch_in_epoch,
+                               tc.epochs * self.batches_per_epoch, enabled=self.progress and main)
+            if self.world.size > 1:
+                self._say(bar, f"{self.world.size} processes, batch {tc.batch_size} each: global batch {tc.global_batch}")
+            while self.epoch < tc.epochs and not stopped_early:
+                self.train_model.train()
+                for i, batch in self._batches(self.epoch, self.batch_in_epoch):
+                    loss, gnorm, stopped_early = self._train_step({key: v.to(self.device) for key, v in batch.items()},
+                                                                  deadline)
+                    self.batch_in_epoch = i + 1
+                    samples += tc.global_batch
+                    self._log_step(loss, gnorm, writer)
+                    advance(bar, tc, t0, self.opt_step, self.epoch, loss)
+                    if stopped_early:
+                        break
+                if stopped_early:
+                    self._save("latest.pt")
+                    self._say(bar, f"stopped after {tc.max_minutes:.1f} minutes at epoch {self.epoch}, optimizer step "
+                                   f"{self.opt_step}; resume with --resume_from_checkpoint latest")
+                    break
+                self._end_epoch(writer, bar)
+            if main:
+                runlog.add_hparams(writer, self.cfg.to_dict(), self.last_val, self.best_val,
+                                   {"train.global_batch": tc.global_batch})
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
+            self.close()  # the run folder is free again, however the run ended
+        seconds = time.time() - t0
+        return TrainResult(self.ckpt_dir, self.tb_dir, self.epoch, self.opt_step, self.last_val, self.best_val, seconds,
+                           samples / max(seconds, 1e-9), stopped_early, count_parameters(self.model.net))
+
+    def _train_step(self, batch: dict[str, torch.Tensor], deadline: float) -> tuple[float, float, bool]:
+        """One optimizer step: (mean loss over the ranks, gradient norm, whether the time budget is spent)."""
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            loss = self.train_model.loss(batch, self.noise_gen, part=self.world.part)
+        # One collective: the loss every rank logs and checks, and rank 0's clock, so all stop together.
+        value, time_up = distributed.agree(self.world, loss.item(), self.world.is_main and time.time() > deadline,
+                                           self.device)
+        self._stop_if(divergence.loss_problem(value, self.early_losses))
+        if len(self.early_losses) < divergence.REFERENCE_STEPS:
+            self.early_losses.append(value)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.net.parameters(), self.cfg.train.grad_clip))
+        self._stop_if(divergence.grad_norm_problem(gnorm, self.use_amp))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.ema.update_parameters(self.model.net)
+        self.opt_step += 1
+        return value, gnorm, time_up
+
+    def _log_step(self, loss: float, gnorm: float, writer) -> None:
+        if not self.world.is_main:
+            return
+        tc, lr = self.cfg.train, self.sched.get_last_lr()[0]
+        runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, loss=loss, lr=lr, grad_norm=gnorm)
+        if self.opt_step % tc.log_freq == 0:
+            for tag, value in (("loss/train", loss), ("lr", lr), ("grad_norm", gnorm)):
+                writer.add_scalar(tag, value, self.opt_step)
+        if tc.log_images and self.opt_step % tc.log_image_every == 0:
+            writer.add_image("samples/current|predicted|actual", self.sample_grid(), self.opt_step, dataformats="HWC")
+
+    def _end_epoch(self, writer, bar) -> None:
+        tc = self.cfg.train
+        self.last_val = self.validate()
+        self._stop_if(divergence.val_loss_problem(self.last_val, self.best_val))
+        if self.world.is_main:
+            writer.add_scalar("loss/val", self.last_val, self.opt_step)
+            runlog.append_metrics(self.ckpt_dir, step=self.opt_step, epoch=self.epoch, val_loss=self.last_val)
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        improved = self.last_val < self.best_val
+        if improved:
+            self.best_val = self.last_val
+        if improved and tc.save_best:
+            self._save("best.pt")
+        if self.epoch % tc.checkpoint_freq == 0:
+            self._save(f"epoch_{self.epoch:04d}.pt")
+        self._save("latest.pt")
+        self._say(bar, f"epoch {self.epoch}/{tc.epochs}: val loss {self.last_val:.5f}" + (" (best)" if improved else ""))
+
+
+def train(cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False,
+          overwrite: bool = False) -> TrainResult:
+    """Train (or resume) a run. Under torchrun every rank calls this, and together they train one
+    model (the environment says which rank this is); a plain process trains alone."""
+    world = distributed.world_from_env()
+    with distributed.process_group(world, distributed.device_for(world, cfg.train.device)):
+        return Trainer(cfg, resume=resume, progress=progress, force_rebuild=force_rebuild, overwrite=overwrite,
+                       world=world).fit()
+
