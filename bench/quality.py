@@ -59,11 +59,11 @@ def scores(result: dict, method: str) -> dict:
 
 def seconds_per_frame(predictor, one: dict, sampler: SamplerConfig) -> float:
     """Batch of one (`one`: a pair's inputs), best of 3 (1 for DDPM), after a warm-up."""
-    predictor.predict_pairs(one, SamplerConfig("ddim", 2))
+    predictor.predict(one, SamplerConfig("ddim", 2))
     best = float("inf")
     for i in range(1 if sampler.name == "ddpm" else 3):
         t0 = time.perf_counter()
-        predictor.predict_pairs(one, sampler, seed=i)
+        predictor.predict(one, sampler, seed=i)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -141,7 +141,7 @@ def main() -> None:
                                     and abs(1 - m["diffusion"]["sharpness_moving"]) < abs(1 - m["regression"]["sharpness_moving"]))
 
     # 3. samplers against DDPM-1000
-    one = {k: v[:1] for k, v in pred.inputs(cache, "test", 1).items() if k != "rows"}
+    one = pred.inputs(cache, cache.select("test", 1))
     res["samplers"] = {}
     for s in SAMPLERS:
         ev = evaluate(pred, cache, "test", s, max_pairs=a.sampler_pairs, progress=False, mean_of=0, x0=False, shuffled=False)

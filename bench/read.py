@@ -6,7 +6,7 @@ Makes a pairs cache the size of D4RL mixed-v2 (156k steps in 250-step episodes; 
 frames at 128x128 RGB) in a temporary folder: rendering that many frames takes hours here, so
 its frames are the real 64x64 frames of the offline dataset's cache, upscaled 2x and repeated
 (reading does not depend on what the bytes show). Then reads it as training does: the
-`seed`-style frame-only `ConditionedPairs` of the train split, in one epoch's seeded random
+`seed`-style frame-only `ExampleSet` of the train split (a batch gathered at a time), in one epoch's seeded random
 order, through a DataLoader with 0, 1 and 2 worker processes, and reports pairs/s and
 frames/s, cold (the file's pages dropped from the page cache with posix_fadvise) and warm,
 and each worker's unique memory (USS: what the worker holds that is not shared, so a frames
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from _common import machine, table, write_json  # noqa: E402
 
 from kitchen_lib.data.cache import build_pairs, load_cache  # noqa: E402
-from kitchen_lib.data.conditioning import ConditionedPairs  # noqa: E402
+from kitchen_lib.data.examples import ConditioningConfig, ExampleSet  # noqa: E402
 from kitchen_lib.data.pairs import PairsConfig  # noqa: E402
 
 EPISODE_STEPS = 250
@@ -78,10 +78,11 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def read_rate(dataset: ConditionedPairs, batch: int, batches: int, workers: int) -> dict:
+def read_rate(dataset: ExampleSet, batch: int, batches: int, workers: int) -> dict:
     """Pairs/s over `batches` batches in a seeded random order, and the workers' peak USS."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[: batch * batches].tolist()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=order, num_workers=workers,
+    batches_of = torch.utils.data.BatchSampler(order, batch, drop_last=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=batches_of, num_workers=workers,
                                          persistent_workers=False)
     me, uss = psutil.Process(), 0
     t0, n = time.perf_counter(), 0
@@ -117,7 +118,7 @@ def main() -> None:
         t0 = time.perf_counter()
         cache = load_cache(path)
         load_s = time.perf_counter() - t0
-        dataset = ConditionedPairs(cache, "train")
+        dataset = ExampleSet(cache, cache.pairs("train"), ConditioningConfig())
         gb = cache.frames.nbytes / 1e9
         res = {"machine": machine(), "steps": len(cache.frames), "size": a.size, "frames_file_gb": round(gb, 2),
                "make_s": round(make_s, 1), "load_s": round(load_s, 3), "batch": a.batch, "batches": a.batches,

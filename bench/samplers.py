@@ -34,11 +34,11 @@ from kitchen_lib.model.diffusion import SamplerConfig  # noqa: E402
 
 def seconds_per_frame(predictor, one: dict, sampler: SamplerConfig) -> float:
     """Batch of one (`one`: a pair's inputs), best of 3, after a warm-up."""
-    predictor.predict_pairs(one, sampler)
+    predictor.predict(one, sampler)
     best = float("inf")
     for i in range(3):
         t0 = time.perf_counter()
-        predictor.predict_pairs(one, sampler, seed=i)
+        predictor.predict(one, sampler, seed=i)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -60,7 +60,7 @@ def main() -> None:
     a = ap.parse_args()
     pred, reg = load_with_regression(a.checkpoint)
     cache = build_pairs(pred.config.data)
-    one = {k: v[:1] for k, v in pred.inputs(cache, "test", 1).items() if k != "rows"}
+    one = pred.inputs(cache, cache.select("test", 1))
     res = {"machine": machine(), "checkpoint": a.checkpoint, "pairs": a.pairs, "samplers": {}}
     rows = []
     copy = None

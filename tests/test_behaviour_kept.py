@@ -28,21 +28,22 @@ def test_the_smoke_world_fixture_predicts_its_recorded_outputs_bit_for_bit():
     p = load_predictor(CHECKPOINT, device="cpu")
     assert p.config.preset == "smoke-world" and p.config.conditioning.context_frames == 2
     io = _io()
-    assert np.array_equal(p.predict_pairs(_inputs(io), SamplerConfig("ddim", 2), seed=0), io["ddim2_seed0"])
-    assert np.array_equal(p.predict_pairs(_inputs(io), seed=0), io["default_seed0"])  # the run's own sampler, DDIM-5
-    assert np.array_equal(p.predict_pairs(_inputs(io), seed=0, x0=True), io["x0_seed0"])
+    assert np.array_equal(p.predict(_inputs(io), SamplerConfig("ddim", 2), seed=0), io["ddim2_seed0"])
+    assert np.array_equal(p.predict(_inputs(io), seed=0), io["default_seed0"])  # the run's own sampler, DDIM-5
+    assert np.array_equal(p.predict(_inputs(io), seed=0, x0=True), io["x0_seed0"])
     assert not np.array_equal(io["ddim2_seed0"], io["x0_seed0"])  # the comparison can tell samplers apart
 
 
 def test_the_smoke_world_fixture_rolls_out_as_it_did():
+    from kitchen_lib.data.examples import Episode
     from kitchen_lib.inference.predictor import load_predictor
     from kitchen_lib.inference.rollout import rollout
     from kitchen_lib.model.diffusion import SamplerConfig
 
     p = load_predictor(CHECKPOINT, device="cpu")
     io = _io()
-    r = rollout(p, io["episode_frames"], int(io["rollout_start"]), 4, SamplerConfig("ddim", 2), seed=0,
-                actions=io["actions"], proprio=io["proprio"])
+    episode = Episode(io["episode_frames"], p.k, io["actions"], io["proprio"])
+    r = rollout(p, episode, int(io["rollout_start"]), 4, SamplerConfig("ddim", 2), seed=0)
     assert np.array_equal(r.predicted, io["rollout_pred"])
 
 

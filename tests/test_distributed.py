@@ -135,7 +135,7 @@ def test_the_default_part_is_the_loss_as_it_was_and_ranks_parts_make_the_global_
         x0 = batch["future"] - batch["current"]
         t = ((torch.rand(6, generator=h) ** 0.5) * d.T).long().clamp(max=d.T - 1)
         noise = torch.randn(x0.shape, generator=h)
-        out = model.net(d.q_sample(x0, t, noise), t, batch["current"], context, batch["vector"])
+        out = model.net(d.q_sample(x0, t, noise), t, {"current": batch["current"], "context": context, "vector": batch["vector"]})
         assert torch.equal(got, torch.mean((out.float() - x0) ** 2))
         assert torch.equal(g.get_state(), h.get_state())
         # Three ranks with two samples each: their mean is the loss of the six, and every rank's

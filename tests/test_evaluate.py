@@ -67,7 +67,7 @@ def test_regression_baseline_is_deterministic(models, small_pairs):
     reg = load_predictor(models[1])
     frame = small_pairs.frames[3]
     assert reg.objective == "regression"
-    assert np.array_equal(reg.predict(frame, seed=0), reg.predict(frame, seed=99))
+    assert np.array_equal(reg.predict({"current": frame}, seed=0), reg.predict({"current": frame}, seed=99))
 
 
 def test_rollout_lengths_shapes_and_files(models, small_pairs, tmp_path):
@@ -75,7 +75,7 @@ def test_rollout_lengths_shapes_and_files(models, small_pairs, tmp_path):
 
     p = load_predictor(models[0])
     frames = small_pairs.episode_frames(0)
-    r = rollout(p, frames, start=4, horizon=6, sampler=SamplerConfig(steps=3))
+    r = rollout(p, small_pairs.episode(0), start=4, horizon=6, sampler=SamplerConfig(steps=3))
     assert r.predicted.shape == r.truth.shape == (7, 32, 32, 3)
     assert r.env_steps.tolist() == [4, 9, 14, 19, 24, 29, 34]
     assert np.array_equal(r.predicted[0], frames[4]) and np.array_equal(r.truth[3], frames[19])
@@ -87,7 +87,7 @@ def test_rollout_lengths_shapes_and_files(models, small_pairs, tmp_path):
     assert iio.imread(gif, index=None).shape[0] == 7
     assert iio.imread(mp4, index=None, plugin="pyav" if _has_pyav() else None).shape[0] == 7
     with pytest.raises(ValueError, match="room for 1..11"):
-        rollout(p, frames, start=4, horizon=50)
+        rollout(p, small_pairs.episode(0), start=4, horizon=50)
     with pytest.raises(ValueError, match="unsupported animation format"):
         save_animation(sbs, tmp_path / "r.webm")
 

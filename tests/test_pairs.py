@@ -12,7 +12,8 @@ from kitchen_lib.base.images import to_grayscale
 from kitchen_lib.base.paths import data_dir
 from kitchen_lib.data.cache import CacheError, build_pairs, cache_dir_for, load_cache
 from kitchen_lib.data.datasets import iter_episodes
-from kitchen_lib.data.pairs import FramePairs, PairsConfig, pair_steps, split_episodes
+from kitchen_lib.data.examples import ConditioningConfig, ExampleSet, gather
+from kitchen_lib.data.pairs import PairsConfig, pair_steps, split_episodes
 from kitchen_lib.data.render import KitchenRenderer
 
 
@@ -30,7 +31,7 @@ def test_split_is_by_episode_and_reproducible():
     assert sorted(together) == list(range(20))  # every episode in exactly one split
     assert len(a["test"]) == 2 and len(a["val"]) == 2
     with pytest.raises(ValueError, match="at least 3 episodes"):
-        split_episodes(2)
+        split_episodes(2, 0.1, 0.1, 0)
 
 
 def test_cache_pairs_respect_k_episodes_and_splits(small_pairs, small_dataset):
@@ -46,20 +47,23 @@ def test_cache_pairs_respect_k_episodes_and_splits(small_pairs, small_dataset):
     # Frames really are step t and t+k of that episode: re-render one pair from the states.
     e, t = cache.pairs("val")[7]
     episode = next(iter_episodes(small_dataset, [int(e)]))
-    cur, fut = cache.pair("val", 7)
+    pair = gather(cache, cache.pairs("val")[7:8], ConditioningConfig())
+    cur, fut = pair["current"][0], pair["future"][0]
     with KitchenRenderer(32, "fast") as r:
         assert np.array_equal(cur, r.render(episode.observations[t]))
         assert np.array_equal(fut, r.render(episode.observations[t + k]))
 
 
 def test_torch_dataset_gives_channels_first_floats(small_pairs):
-    ds = FramePairs(small_pairs, "train")
-    cur, fut = ds[0]
-    assert cur.shape == fut.shape == (3, 32, 32) and cur.dtype == torch.float32
+    ds = ExampleSet(small_pairs, small_pairs.pairs("train"), ConditioningConfig())
+    one = ds[[0]]
+    assert set(one) == {"current", "future"}
+    cur, fut = one["current"], one["future"]
+    assert cur.shape == fut.shape == (1, 3, 32, 32) and cur.dtype == torch.float32
     assert -1.0 <= float(cur.min()) and float(cur.max()) <= 1.0
-    loader = torch.utils.data.DataLoader(ds, batch_size=4)
-    a, b = next(iter(loader))
-    assert a.shape == (4, 3, 32, 32)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=torch.utils.data.BatchSampler(range(len(ds)), 4, False))
+    batch = next(iter(loader))
+    assert batch["current"].shape == (4, 3, 32, 32) and torch.equal(batch["current"][:1], cur)
 
 
 def test_cache_is_reused_and_rebuilt_when_config_changes(small_pairs, small_dataset):

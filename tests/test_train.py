@@ -203,7 +203,7 @@ def test_a_checkpoint_saved_before_the_config_moved_still_loads_and_predicts_the
     p = load_predictor(FIXTURES / "legacy_checkpoint.pt")
     assert p.config.model.attention_levels == (1,) and p.config.data.size == 16 and p.objective == "diffusion"
     io = np.load(FIXTURES / "legacy_checkpoint_io.npz")
-    assert np.array_equal(p.predict(io["current"], SamplerConfig("ddim", 3), seed=0), io["ddim3_seed0"])
+    assert np.array_equal(p.predict({"current": io["current"]}, SamplerConfig("ddim", 3), seed=0), io["ddim3_seed0"])
 
 
 def test_every_preset_is_a_working_configuration():

@@ -1,10 +1,15 @@
-"""The pairs cache on disk: built once per config (streaming, all cores), then memory-mapped.
+"""The pairs cache: `PairsCache`, built once per config (streaming, all cores) by `build_pairs`,
+then memory-mapped. `build_pairs` is its one writer, under the folder's lock.
 
 Cache layout, one folder per config under `data/pairs/`, named by a hash of the config:
     frames.npy   (F, H, W, C) uint8, every frame of every used episode, episode after episode
+    actions.npy  (F, 9) float32, the action taken at each frame (an episode's last frame: zeros)
+    proprio.npy  (F, 9) float32, the robot's joint positions at each frame (observation[0:9])
+    objects.npy  (F, 21) float64, the objects' joint positions (qpos[9:30]: what the tasks move)
     meta.json    the config, the dataset's fingerprint, each episode's split and first frame,
                  and the (episode, step) of every pair per split
-Reading memory-maps frames.npy, so loading is instant at any size.
+Reading memory-maps frames.npy, so loading is instant at any size. A cache built before the
+per-frame arrays existed gets them on its next `build_pairs`, read from the episodes once.
 """
 
 from __future__ import annotations
@@ -16,23 +21,128 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from kitchen_lib.base.images import to_grayscale
 from kitchen_lib.base.locks import clean_stale, folder_lock, owner_tag, user_file_mode
-from kitchen_lib.base.paths import data_dir
+from kitchen_lib.base.paths import atomic_path, data_dir
 from kitchen_lib.data.datasets import episode_lengths, fingerprint, iter_episodes
-from kitchen_lib.data.pairs import SPLITS, PairsCache, PairsConfig, pair_steps, split_episodes
+from kitchen_lib.data.kitchen import state_from_observation
+from kitchen_lib.data.pairs import SPLITS, PairsConfig, pair_steps, split_episodes, spread
 from kitchen_lib.data.render import render_chunks
 
 CACHE_FORMAT = 1
+# The per-frame arrays beside frames.npy: name -> (columns, dtype), each row read from one observation.
+# The objects' positions stay float64: task motion is a threshold on their change (evaluate.TASK_MOTION).
+FRAME_ARRAYS = {"actions": (9, np.float32), "proprio": (9, np.float32), "objects": (21, np.float64)}
 
 
 class CacheError(RuntimeError):
     """A pairs cache is corrupt or does not match its config; the message says what to do."""
+
+
+@dataclass
+class PairsCache:
+    """A built cache: memory-mapped frames, per-frame arrays and the pair index of each split.
+    A FrameSource (kitchen_lib.data.examples): examples are gathered from it by (episode, step)."""
+
+    path: Path
+    meta: dict
+    frames: np.ndarray  # (F, H, W, C) uint8, memory-mapped
+    _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def config(self) -> PairsConfig:
+        return PairsConfig(**self.meta["config"])
+
+    @property
+    def k(self) -> int:
+        return self.meta["config"]["k"]
+
+    @cached_property
+    def first_frame(self) -> dict[int, int]:
+        """Episode -> the row of its frame 0 in `frames`: the episode index, built once."""
+        return {e["index"]: e["first_frame"] for e in self.meta["episodes"]}
+
+    def first_frames(self, episodes: np.ndarray) -> np.ndarray:
+        """(B,) episodes -> (B,) rows of their frame 0."""
+        try:
+            return np.array([self.first_frame[int(e)] for e in episodes], dtype=np.int64)
+        except KeyError as e:
+            raise ValueError(f"episode {e.args[0]} is not in this cache (episodes {sorted(self.first_frame)})") from None
+
+    def array(self, name: str) -> np.ndarray:
+        """A per-frame array (FRAME_ARRAYS), (F, columns), checked against frames.npy."""
+        if name not in self._arrays:
+            path = self.path / f"{name}.npy"
+            if not path.is_file():
+                raise CacheError(f"pairs cache {self.path} has no {name}.npy (built before it existed): open it with "
+                                 f"build_pairs (or `python -m kitchen_lib pairs`) to add it")
+            try:
+                a = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise CacheError(f"pairs cache {self.path} has a corrupt {name}.npy ({e}). Delete it and run "
+                                 f"`python -m kitchen_lib pairs` with the same settings to rebuild it") from e
+            cols, dtype = FRAME_ARRAYS[name]
+            if a.shape != (len(self.frames), cols) or a.dtype != dtype:
+                raise CacheError(f"{path} is {a.dtype}{a.shape}, not {np.dtype(dtype)}({len(self.frames)}, {cols}): delete it "
+                                 f"and run `python -m kitchen_lib pairs` with the same settings to rebuild it")
+            self._arrays[name] = a
+        return self._arrays[name]
+
+    @property
+    def actions(self) -> np.ndarray:
+        return self.array("actions")
+
+    @property
+    def proprio(self) -> np.ndarray:
+        return self.array("proprio")
+
+    def pairs(self, split: str) -> np.ndarray:
+        """(N, 2) int array of (episode, step) for a split, in a fixed order."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
+        return np.asarray(self.meta["pairs"][split], dtype=np.int64).reshape(-1, 2)
+
+    def select(self, split: str, max_pairs: int | None = None) -> np.ndarray:
+        """(N, 2) (episode, step) rows of a split ('all': every split), evenly thinned to max_pairs."""
+        splits = SPLITS if split == "all" else (split,)
+        return spread(np.concatenate([self.pairs(s) for s in splits]), max_pairs, f"the {split} split")
+
+    def episode_rows(self, episode: int) -> slice:
+        """The rows of one episode's frames."""
+        first = int(self.first_frames(np.array([episode]))[0])
+        n = next(e["num_frames"] for e in self.meta["episodes"] if e["index"] == episode)
+        return slice(first, first + n)
+
+    def episode_frames(self, episode: int) -> np.ndarray:
+        """(T+1, H, W, C) uint8 frames of one episode."""
+        return self.frames[self.episode_rows(episode)]
+
+    def episode(self, episode: int):
+        """One episode as a FrameSource (kitchen_lib.data.examples.Episode), with its actions and joints."""
+        from kitchen_lib.data.examples import Episode
+
+        rows = self.episode_rows(episode)
+        has = (self.path / "actions.npy").is_file() and (self.path / "proprio.npy").is_file()
+        return Episode(self.frames[rows], self.k, self.actions[rows][:-1] if has else None,
+                       self.proprio[rows] if has else None)
+
+    def summary(self) -> dict:
+        return {
+            "dataset": self.meta["config"]["dataset"],
+            "cache": str(self.path),
+            "k": self.k,
+            "size": self.meta["config"]["size"],
+            "channels": self.frames.shape[-1],
+            "frames": int(self.frames.shape[0]),
+            "pairs": {s: len(self.meta["pairs"][s]) for s in SPLITS},
+            "episodes": {s: len(self.meta["splits"][s]) for s in SPLITS},
+        }
 
 
 def _cache_key(cfg: PairsConfig, lengths: list[int]) -> dict:
@@ -112,17 +222,52 @@ def build_pairs(
             f"choose k < {max(lengths)}"
         )
     path = cache_dir_for(cfg, root)
-    if path.exists() and not force:
+    if path.exists() and not force and _complete(path):
         return load_cache(path, cfg)
     # One builder per cache: a second process asking for the same pairs waits, then reuses them.
     say = (lambda holder: print(f"waiting for {holder}, which is building these pairs ({path.name})", flush=True)) \
         if progress else None
     with folder_lock(path.parent, f"the pairs cache {path.name}", wait=True, on_wait=say, name=f".{path.name}.lock"):
         if path.exists() and not force:
-            return load_cache(path, cfg)
+            cache = load_cache(path, cfg)
+            _add_frame_arrays(cache)  # a cache built before they existed
+            return cache
         clean_stale(path.parent)  # what killed builds left behind
         _build(cfg, path, lengths, workers, progress)
     return load_cache(path, cfg)
+
+
+def _complete(path: Path) -> bool:
+    return all((path / f"{name}.npy").is_file() for name in FRAME_ARRAYS)
+
+
+def _frame_arrays(observations: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
+    """One episode's per-frame arrays (FRAME_ARRAYS), (T+1, columns) each."""
+    acts = np.zeros((len(observations), 9), np.float32)
+    acts[: len(actions)] = actions[: len(observations) - 1]
+    qpos = np.stack([state_from_observation(o)[0] for o in observations])
+    return {"actions": acts, "proprio": observations[:, :9].astype(np.float32), "objects": qpos[:, 9:]}
+
+
+def _save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    for name, rows in arrays.items():
+        with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, rows, allow_pickle=False)
+
+
+def _add_frame_arrays(cache: PairsCache) -> None:
+    """Write the per-frame arrays a cache lacks (the caller holds the cache's lock)."""
+    missing = [name for name in FRAME_ARRAYS if not (cache.path / f"{name}.npy").is_file()]
+    if not missing:
+        return
+    out = {name: np.zeros((len(cache.frames), FRAME_ARRAYS[name][0]), FRAME_ARRAYS[name][1]) for name in missing}
+    counts = {e["index"]: e["num_frames"] for e in cache.meta["episodes"]}
+    for ep in iter_episodes(cache.meta["config"]["dataset"], sorted(counts)):
+        rows = cache.episode_rows(ep.index)
+        arrays = _frame_arrays(ep.observations[: counts[ep.index]], ep.actions)
+        for name in missing:
+            out[name][rows] = arrays[name]
+    _save_arrays(cache.path, out)
 
 
 def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None, progress: bool) -> None:
@@ -164,9 +309,16 @@ def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -
         pairs[split_of[i]] += [[i, int(t)] for t in pair_steps(lengths[i], cfg.k)]
         first += lengths[i] + 1
 
+    arrays = {name: np.zeros((num_frames, cols), dtype) for name, (cols, dtype) in FRAME_ARRAYS.items()}
+    first_of = {e["index"]: e["first_frame"] for e in episodes}
+
     def jobs():
-        # Episodes are read one at a time and cut into small chunks for the workers.
+        # Episodes are read one at a time and cut into small chunks for the workers; their
+        # per-frame arrays are taken on the way, so the episodes are read once.
         for ep in iter_episodes(cfg.dataset, usable):
+            f0 = first_of[ep.index]
+            for name, rows in _frame_arrays(ep.observations, ep.actions).items():
+                arrays[name][f0 : f0 + len(rows)] = rows
             for s in range(0, len(ep.observations), 64):
                 yield (ep.index, s), ep.observations[s : s + 64]
 
@@ -180,6 +332,7 @@ def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -
             f.write(np.ascontiguousarray(frames).tobytes())
             bar.update(len(frames))
         bar.close()
+    _save_arrays(tmp, arrays)
     return {
         "format": CACHE_FORMAT,
         "config": asdict(cfg),

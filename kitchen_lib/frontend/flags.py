@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kitchen_lib.base.device import check_device
 from kitchen_lib.base.paths import check_writable
-from kitchen_lib.data.conditioning import ConditioningConfig
+from kitchen_lib.data.examples import ConditioningConfig
 from kitchen_lib.data.generate import GenerateConfig
 from kitchen_lib.data.pairs import PairsConfig
 from kitchen_lib.data.render import QUALITIES

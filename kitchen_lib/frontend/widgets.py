@@ -12,7 +12,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from kitchen_lib.base.images import difference_image, png_bytes
-from kitchen_lib.data.conditioning import episode_vectors, step_inputs
+from kitchen_lib.data.examples import gather
 from kitchen_lib.inference.baselines import copy_frame
 from kitchen_lib.inference.metrics import capped_psnr
 from kitchen_lib.model.diffusion import SAMPLERS, SamplerConfig
@@ -123,6 +123,17 @@ class PredictionDemo(widgets.VBox):
     def _frames(self) -> np.ndarray:
         return self.cache.episode_frames(self.episode.value)
 
+    def _source(self):
+        """The shown episode as a FrameSource, driven by the chosen episode's actions."""
+        source = self.cache.episode(self.episode.value)
+        other = self.actions_from.value if self.world else None
+        if other is None:
+            return source
+        actions = self.cache.episode(other).actions
+        if len(actions) < self.slider.value + self.k:
+            raise ValueError(f"episode {other} has no actions for steps {self.slider.value}..{self.slider.value + self.k - 1}")
+        return source.with_actions(actions)
+
     def _on_episode(self, change: dict | None = None) -> None:
         last = len(self._frames()) - 1 - self.k  # the last step with a true future
         with self.slider.hold_trait_notifications():
@@ -142,18 +153,18 @@ class PredictionDemo(widgets.VBox):
         self.steps.disabled = self.sampler.value == "ddpm"
         t = self.slider.value
         try:
-            inputs = step_inputs(self.cache, self.episode.value, t, self.predictor.conditioning, self.actions_from.value)
+            inputs = gather(self._source(), np.array([[0, t]]), self.predictor.conditioning)
         except ValueError as e:  # the other episode is shorter
             self.info.value = str(e)
             return
-        current, actual = inputs["current"], inputs["future"]
+        current, actual = inputs["current"][0], inputs["future"][0]
         if self.world:
-            chunk = inputs["vector"][: self.k * 9].reshape(self.k, 9)
+            chunk = self.predictor.vector.actions_of(inputs["vector"][0])  # (k, 9)
             self.actions_info.value = "actions (arm joints 1-7, fingers) per step: " + " | ".join(
                 " ".join(f"{a:+.1f}" for a in row) for row in chunk)
         t0 = time.perf_counter()
         sampler = self.sampler_config()
-        pred = self.predictor.predict(current, sampler, seed=t, context=inputs.get("context"), vector=inputs.get("vector"))
+        pred = self.predictor.predict(inputs, sampler, seed=t)[0]
         seconds = time.perf_counter() - t0
         for img, frame in zip(self.images, (current, pred, actual, difference_image(pred, actual)), strict=True):
             img.value = png_bytes(frame, self._scale)
@@ -175,7 +186,7 @@ class PredictionDemo(widgets.VBox):
             return
         other = self.actions_from.value if self.predictor.conditioning.actions else None
         if other is not None:
-            horizon = min(horizon, (len(episode_vectors(self.cache, other)[0]) - t) // self.k)
+            horizon = min(horizon, (len(self.cache.episode(other).actions) - t) // self.k)
             if horizon < 1:
                 self.rollout_info.value = f"episode {other} has no actions this late"
                 return

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kitchen_lib.data.pairs import PairsCache
+from kitchen_lib.data.cache import PairsCache
+from kitchen_lib.data.examples import ConditioningConfig, gather
 from kitchen_lib.inference.metrics import changed_fraction, frame_scores, mean_psnr, summarise
 
 
@@ -17,7 +18,8 @@ def copy_frame(current: np.ndarray) -> np.ndarray:
 
 def copy_baseline(cache: PairsCache, split: str = "test", max_pairs: int | None = None) -> dict[str, float]:
     """Score copy_frame on the pairs of a split (evenly thinned to max_pairs), and say how much changes."""
-    cur, fut = cache.pair_frames(cache.select(split, max_pairs))
+    pairs = gather(cache, cache.select(split, max_pairs), ConditioningConfig())  # the frames alone
+    cur, fut = pairs["current"], pairs["future"]
     scores = summarise([frame_scores(c, f, p) for c, f, p in zip(cur, fut, copy_frame(cur), strict=True)])
     return {"pairs": len(cur), **scores,
             "changed_fraction": float(np.mean([changed_fraction(c, f) for c, f in zip(cur, fut, strict=True)]))}

@@ -33,10 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kitchen_lib.data.conditioning import shuffled_actions
-from kitchen_lib.data.datasets import iter_episodes
-from kitchen_lib.data.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES, state_from_observation
-from kitchen_lib.data.pairs import PairsCache
+from kitchen_lib.data.cache import PairsCache
+from kitchen_lib.data.examples import shuffled_actions
+from kitchen_lib.data.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES
 from kitchen_lib.inference.baselines import copy_frame
 from kitchen_lib.inference.metrics import frame_scores, summarise
 from kitchen_lib.inference.predictor import Predictor, load_predictor
@@ -48,31 +47,30 @@ TASK_MOTION = 0.01
 
 
 def moving_tasks(cache: PairsCache, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """For each task, a bool per pair: do its joints move between step t and t+k?"""
-    k = cache.meta["config"]["k"]
-    out = {t: np.zeros(len(rows), bool) for t in COMPLETE_TASKS}
-    for ep in iter_episodes(cache.meta["config"]["dataset"], sorted({int(e) for e in rows[:, 0]})):
-        sel = np.flatnonzero(rows[:, 0] == ep.index)
-        qpos = np.stack([state_from_observation(o)[0] for o in ep.observations])
-        for task in COMPLETE_TASKS:
-            idx = TASK_QPOS_INDICES[task]
-            t = rows[sel, 1]  # env steps
-            delta = np.linalg.norm(qpos[t + k][:, idx] - qpos[t][:, idx], axis=1)
-            out[task][sel] = delta > TASK_MOTION
+    """For each task, a bool per pair: do its joints move between step t and t+k? (From the
+    cache's per-frame joint positions: the episodes are not read again.)"""
+    current = cache.first_frames(rows[:, 0]) + rows[:, 1]
+    objects = cache.array("objects")  # (F, 21): MuJoCo's qpos[9:30]
+    out = {}
+    for task in COMPLETE_TASKS:
+        idx = np.asarray(TASK_QPOS_INDICES[task]) - 9
+        delta = np.linalg.norm(objects[current + cache.k][:, idx] - objects[current][:, idx], axis=1)
+        out[task] = delta > TASK_MOTION
     return out
 
 
 def _predict_all(p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig, seed: int, batch: int,
                  x0: bool = False) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
-    parts = [p.predict_pairs({k: v[i : i + batch] for k, v in inputs.items()}, sampler, seed=seed + i, x0=x0)
+    parts = [p.predict({k: v[i : i + batch] for k, v in inputs.items()}, sampler, seed=seed + i, x0=x0)
              for i in range(0, len(inputs["current"]), batch)]
     return np.concatenate(parts), (time.perf_counter() - t0) / len(inputs["current"])
 
 
-def _mean_of(p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig, seed: int, batch: int,
-             n: int) -> tuple[np.ndarray, float]:
-    samples = [_predict_all(p, inputs, sampler, seed + 100_000 * j, batch) for j in range(n)]
+def _mean_of(first: tuple[np.ndarray, float], p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig,
+             seed: int, batch: int, n: int) -> tuple[np.ndarray, float]:
+    """The mean of n samples, the first of which is the single sample already drawn (same seed)."""
+    samples = [first] + [_predict_all(p, inputs, sampler, seed + 100_000 * j, batch) for j in range(1, n)]
     mean = np.mean([s.astype(np.float32) for s, _ in samples], axis=0)
     return np.rint(mean).astype(np.uint8), sum(t for _, t in samples)
 
@@ -84,32 +82,36 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
     """Score the model and the baselines on the pairs of a split; returns the documented dict.
 
     `sampler` defaults to the one the model's run chose. mean_of < 2 leaves out diffusion_mean
-    (it costs `mean_of` more samples), x0=False diffusion_x0 (one more network call a frame),
-    shuffled=False diffusion_shuffled_actions (one more sample).
+    (it costs `mean_of` - 1 more samples: the first is the single sample), x0=False diffusion_x0
+    (one more network call a frame), shuffled=False diffusion_shuffled_actions (one more sample).
+    The examples are gathered once, for the model and its regression twin alike.
 
     details=True adds result["details"]: the (episode, step) rows, the frames, each method's
     predictions and per-pair scores (arrays: for notebooks, not for JSON)."""
     from tqdm.auto import tqdm
 
     want = (predictor.config.data.size, predictor.config.data.channels, predictor.config.data.k)
-    have = (cache.meta["config"]["size"], cache.frames.shape[-1], cache.meta["config"]["k"])
+    have = (cache.meta["config"]["size"], cache.frames.shape[-1], cache.k)
     if want != have:
         raise ValueError(f"the model was trained on (size, channels, k) = {want} but these pairs are {have}: "
                          f"build pairs with the model's settings")
     sampler = sampler or predictor.sampler
-    inputs = predictor.inputs(cache, split, max_pairs)
-    rows, cur, fut = inputs["rows"], inputs["current"], inputs["future"]
+    rows = cache.select(split, max_pairs)
+    inputs = predictor.inputs(cache, rows)
+    cur, fut = inputs["current"], inputs["future"]
     preds = {"diffusion": _predict_all(predictor, inputs, sampler, seed, batch)}
     if mean_of > 1 and predictor.objective == "diffusion":
-        preds["diffusion_mean"] = _mean_of(predictor, inputs, sampler, seed, batch, mean_of)
+        preds["diffusion_mean"] = _mean_of(preds["diffusion"], predictor, inputs, sampler, seed, batch, mean_of)
     if x0 and predictor.objective == "diffusion":
         preds["diffusion_x0"] = _predict_all(predictor, inputs, sampler, seed, batch, x0=True)
     if shuffled and predictor.conditioning.actions:
-        swapped = inputs | {"vector": shuffled_actions(inputs["vector"], predictor.conditioning, predictor.k, seed)}
+        swapped = inputs | {"vector": shuffled_actions(inputs["vector"], predictor.vector, seed)}
         preds["diffusion_shuffled_actions"] = _predict_all(predictor, swapped, sampler, seed, batch)
     preds["copy"] = (copy_frame(cur), 0.0)
     if regression is not None:
-        preds["regression"] = _predict_all(regression, regression.inputs(cache, split, max_pairs), sampler, seed, batch)
+        same = regression.conditioning == predictor.conditioning  # its twin: the same examples
+        preds["regression"] = _predict_all(regression, inputs if same else regression.inputs(cache, rows), sampler,
+                                           seed, batch)
     scores = {m: [frame_scores(c, f, p) for c, f, p in tqdm(zip(cur, fut, pr, strict=True), total=len(cur),
                                                               desc=f"score {m}", disable=not progress, leave=False)]
               for m, (pr, _) in preds.items()}

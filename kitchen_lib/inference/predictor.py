@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from kitchen_lib.base.device import pick_device
-from kitchen_lib.base.images import image_grid, to_image, to_tensor
-from kitchen_lib.data.cache import build_pairs
-from kitchen_lib.data.conditioning import ConditioningConfig, pair_inputs
-from kitchen_lib.data.pairs import PairsCache
+from kitchen_lib.base.example import inputs_of, to_tensors
+from kitchen_lib.base.images import image_grid, to_image
+from kitchen_lib.data.cache import PairsCache, build_pairs
+from kitchen_lib.data.examples import ConditioningConfig, VectorLayout, gather
 from kitchen_lib.model.diffusion import SamplerConfig
 from kitchen_lib.model.frame_model import FrameModel
 from kitchen_lib.model.unet import channels_last
@@ -29,38 +29,34 @@ class Predictor:
     device: torch.device
 
     @torch.no_grad()
-    def predict(self, current: np.ndarray, sampler: SamplerConfig | None = None, seed: int = 0,
-                progress: bool = False, context: np.ndarray | None = None, vector: np.ndarray | None = None,
-                x0: bool = False) -> np.ndarray:
-        """uint8 (B, H, W, C) or (H, W, C) current frames -> predicted future frames, same shape.
+    def predict(self, inputs: dict[str, np.ndarray], sampler: SamplerConfig | None = None, seed: int = 0,
+                progress: bool = False, x0: bool = False) -> np.ndarray:
+        """An example's inputs as the cache gives them (kitchen_lib.base.example: uint8 "current"
+        (B, H, W, C) and, for a world model, "context" and "vector"; or one example without the
+        B axis) -> predicted future frames, uint8, shaped like "current".
 
-        `sampler` defaults to the one the run chose (`config.sampler`). A world model also takes
-        its context, uint8 (B, N, H, W, C), and its raw conditioning vector (B, D) (see
-        `conditioning.pair_inputs`). x0=True returns the network's one-step estimate instead."""
-        single = current.ndim == 3
-        frames, context, vector = (current[None], _batch(context), _batch(vector)) if single else (current, context, vector)
+        `sampler` defaults to the one the run chose (`config.sampler`). x0=True returns the
+        network's one-step estimate instead."""
+        single = np.ndim(inputs["current"]) == 3
+        batch = {key: np.asarray(v)[None] for key, v in inputs_of(inputs).items()} if single else inputs_of(inputs)
         want = (self.config.data.size, self.config.data.size, self.config.data.channels)
-        if frames.shape[1:] != want:
-            raise ValueError(f"this model takes frames shaped {want} (H, W, C); got {frames.shape[1:]}")
+        if batch["current"].shape[1:] != want:
+            raise ValueError(f"this model takes frames shaped {want} (H, W, C); got {batch['current'].shape[1:]}")
         g = torch.Generator(device=self.device).manual_seed(seed)
-        cur = to_tensor(frames).to(self.device)
-        ctx = None if context is None else to_tensor(context).flatten(1, 2).to(self.device)  # (B, N*C, H, W)
-        vec = None if vector is None else torch.as_tensor(vector, dtype=torch.float32, device=self.device)
-        if x0:
-            out = self.model.predict_x0(cur, g, ctx, vec)
-        else:
-            out = self.model.predict(cur, sampler or self.config.sampler, g, progress, ctx, vec)
+        tensors = to_tensors(batch, self.device)
+        out = self.model.predict_x0(tensors, g) if x0 else self.model.predict(tensors, sampler or self.sampler, g, progress)
         out = to_image(out)
         return out[0] if single else out
 
-    def predict_pairs(self, inputs: dict[str, np.ndarray], sampler: SamplerConfig | None = None, seed: int = 0,
-                      progress: bool = False, x0: bool = False) -> np.ndarray:
-        """Predict from `conditioning.pair_inputs(...)`: current frames and whatever else the model takes."""
-        return self.predict(inputs["current"], sampler, seed, progress, inputs.get("context"), inputs.get("vector"), x0)
+    def inputs(self, cache: PairsCache, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The examples of (episode, step) rows (e.g. `cache.select("test", 64)`) with what this
+        model is conditioned on, and their true futures."""
+        return gather(cache, rows, self.conditioning)
 
-    def inputs(self, cache: PairsCache, split: str = "test", max_pairs: int | None = None) -> dict[str, np.ndarray]:
-        """The pairs of a split with what this model is conditioned on (evenly thinned)."""
-        return pair_inputs(cache, split, self.config.conditioning, max_pairs)
+    @property
+    def vector(self) -> VectorLayout:
+        """The layout of this model's conditioning vector."""
+        return self.conditioning.vector(self.k)
 
     @property
     def conditioning(self) -> ConditioningConfig:
@@ -112,10 +108,6 @@ def pairs_for(predictor: Predictor, dataset: str | None = None) -> PairsCache:
 def prediction_grid(predictor: Predictor, cache: PairsCache, split: str = "test", n: int = 8,
                     sampler: SamplerConfig | None = None, seed: int = 0, progress: bool = False) -> np.ndarray:
     """A uint8 grid with rows current | predicted | actual for n pairs spread over a split."""
-    inputs = predictor.inputs(cache, split, n)
-    pred = predictor.predict_pairs(inputs, sampler, seed=seed, progress=progress)
+    inputs = predictor.inputs(cache, cache.select(split, n))
+    pred = predictor.predict(inputs, sampler, seed=seed, progress=progress)
     return image_grid([[c, p, f] for c, p, f in zip(inputs["current"], pred, inputs["future"], strict=True)])
-
-
-def _batch(a: np.ndarray | None) -> np.ndarray | None:
-    return None if a is None else np.asarray(a)[None]

@@ -14,8 +14,8 @@ import numpy as np
 
 from kitchen_lib.base.images import difference_image
 from kitchen_lib.base.paths import atomic_path
-from kitchen_lib.data.conditioning import episode_vectors
-from kitchen_lib.data.pairs import PairsCache
+from kitchen_lib.data.cache import PairsCache
+from kitchen_lib.data.examples import Episode, gather
 from kitchen_lib.inference.metrics import capped_psnr
 from kitchen_lib.inference.predictor import Predictor
 from kitchen_lib.model.diffusion import SamplerConfig
@@ -41,40 +41,31 @@ def max_horizon(num_frames: int, start: int, k: int) -> int:
     return max((num_frames - 1 - start) // k, 0)
 
 
-def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizon: int,
-            sampler: SamplerConfig | None = None, seed: int = 0, actions: np.ndarray | None = None,
-            proprio: np.ndarray | None = None) -> Rollout:
-    """Predict `horizon` jumps of k env steps from episode_frames[start], feeding predictions back.
+def rollout(predictor: Predictor, episode: Episode, start: int, horizon: int, sampler: SamplerConfig | None = None,
+            seed: int = 0) -> Rollout:
+    """Predict `horizon` jumps of k env steps from episode.frames[start], feeding predictions back.
 
-    `sampler` defaults to the one the model's run chose. A world model's context is the true
-    frames up to `start`, then its own predictions; it is driven by per-step `actions` (T, 9)
-    and `proprio` (T+1, 9) (the recorded ones, or another episode's: "what if the robot had
-    done that instead")."""
-    k = predictor.k
-    limit = max_horizon(len(episode_frames), start, k)
-    if not 0 <= start < len(episode_frames):
-        raise ValueError(f"start {start} is outside the episode (frames 0..{len(episode_frames) - 1})")
+    `sampler` defaults to the one the model's run chose. Each step's example is gathered as in
+    training (kitchen_lib.data.examples.gather) from a copy of the episode whose frames after
+    `start` are the rollout's own predictions: a world model's context is the true frames up to
+    `start`, then its own past, and it is driven by the episode's actions (`episode.with_actions`:
+    another episode's, "what if the robot had done that instead")."""
+    k, frames = predictor.k, episode.frames
+    limit = max_horizon(len(frames), start, k)
+    if not 0 <= start < len(frames):
+        raise ValueError(f"start {start} is outside the episode (frames 0..{len(frames) - 1})")
     if horizon < 1 or horizon > limit:
-        raise ValueError(f"horizon {horizon} does not fit: from step {start}, this {len(episode_frames) - 1}-step episode "
+        raise ValueError(f"horizon {horizon} does not fit: from step {start}, this {len(frames) - 1}-step episode "
                          f"has room for 1..{limit} rollout steps of k={k}")
-    cond = predictor.conditioning
-    if (cond.actions and actions is None) or (cond.proprio and proprio is None):
-        raise ValueError("this model is conditioned on actions/joint state: pass the episode's (rollout(..., actions=, proprio=))")
-    if cond.actions and len(actions) < start + k * horizon:
-        raise ValueError(f"{len(actions)} actions do not cover {horizon} rollout steps of k={k} from step {start}")
-    frames = [episode_frames[start]]
+    if predictor.conditioning.actions and episode.actions is not None and len(episode.actions) < start + k * horizon:
+        raise ValueError(f"{len(episode.actions)} actions do not cover {horizon} rollout steps of k={k} from step {start}")
+    dream = episode.dreaming()
     for i in range(horizon):
-        t = start + i * k  # env step of the current frame
-        context = None
-        if cond.context_frames:  # true frames before the start, the rollout's own after it
-            steps = [max(t - k * j, 0) for j in range(cond.context_frames, 0, -1)]
-            context = np.stack([frames[(s - start) // k] if s >= start else episode_frames[s] for s in steps])
-        parts = ([actions[t : t + k].reshape(-1)] if cond.actions else []) + ([proprio[t]] if cond.proprio else [])
-        vector = np.concatenate(parts).astype(np.float32) if parts else None
-        frames.append(predictor.predict(frames[-1], sampler, seed=seed + i, context=context, vector=vector))
+        t = start + i * k  # env step of the current frame: the truth at i = 0, then a prediction
+        example = gather(dream, np.array([[0, t]]), predictor.conditioning, target=False)
+        dream.frames[t + k] = predictor.predict(example, sampler, seed=seed + i)[0]
     idx = start + k * np.arange(horizon + 1)
-    truth = np.asarray(episode_frames[idx])
-    pred = np.stack(frames)
+    truth, pred = np.asarray(frames[idx]), dream.frames[idx]
     scores = np.array([capped_psnr(t, p) for t, p in zip(truth, pred, strict=True)])
     hold = np.array([capped_psnr(t, truth[0]) for t in truth])
     return Rollout(pred, truth, idx, scores, hold)
@@ -82,17 +73,14 @@ def rollout(predictor: Predictor, episode_frames: np.ndarray, start: int, horizo
 
 def rollout_episode(predictor: Predictor, cache: PairsCache, episode: int, start: int, horizon: int,
                     sampler: SamplerConfig | None = None, seed: int = 0, actions_of: int | None = None) -> Rollout:
-    """`rollout` on an episode of a pairs cache, with its recorded actions and joint states when the
-    model takes them (`actions_of`: another episode's actions, same env steps)."""
-    cond = predictor.conditioning
-    actions = proprio = None
-    if cond.actions or cond.proprio:
-        actions, proprio = episode_vectors(cache, episode)
-        if actions_of is not None:
-            actions = episode_vectors(cache, actions_of)[0]
-    elif actions_of is not None:
-        raise ValueError("actions_of needs an action-conditioned model (e.g. --preset cpu-world)")
-    return rollout(predictor, cache.episode_frames(episode), start, horizon, sampler, seed, actions, proprio)
+    """`rollout` on an episode of a pairs cache, with its recorded actions and joint states
+    (`actions_of`: another episode's actions, same env steps)."""
+    source = cache.episode(episode)
+    if actions_of is not None:
+        if not predictor.conditioning.actions:
+            raise ValueError("actions_of needs an action-conditioned model (e.g. --preset cpu-world)")
+        source = source.with_actions(cache.episode(actions_of).actions)
+    return rollout(predictor, source, start, horizon, sampler, seed)
 
 
 def mean_rollouts(predictor: Predictor, cache: PairsCache, split: str = "test", starts: int = 8, horizon: int = 10,

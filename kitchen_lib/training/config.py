@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kitchen_lib.base.paths import data_dir
-from kitchen_lib.data.conditioning import ConditioningConfig
 from kitchen_lib.data.datasets import SMOKE_DATASET_ID
+from kitchen_lib.data.examples import ConditioningConfig
 from kitchen_lib.data.generate import GenerateConfig
 from kitchen_lib.data.pairs import PairsConfig
 from kitchen_lib.model.diffusion import DiffusionConfig, SamplerConfig
@@ -269,4 +269,4 @@ def build_model(cfg: RunConfig) -> FrameModel:
     cfg.validate()
     c = cfg.conditioning
     return FrameModel.build(cfg.model, cfg.data.size, cfg.data.channels, cfg.diffusion, cfg.train.objective,
-                            c.context_frames, c.vector_dim(cfg.data.k), c.context_noise)
+                            c.context_frames, c.vector(cfg.data.k).dim, c.context_noise)

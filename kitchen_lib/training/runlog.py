@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from kitchen_lib.base.example import inputs_of, to_device
 from kitchen_lib.base.paths import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
@@ -65,29 +66,15 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 def add_graph(writer, net: torch.nn.Module, example: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Trace the network once for TensorBoard's graph tab, on one example pair (a dataset item)."""
-    ex = {k: v[None].to(device) for k, v in example.items()}
-    inputs = (torch.zeros_like(ex["current"]), torch.zeros(1, dtype=torch.long, device=device), ex["current"],
-              *[ex[k] for k in ("context", "vector") if k in ex])
-    if "vector" in ex and "context" not in ex:  # the vector is the fifth argument
-        inputs = (*inputs[:3], None, inputs[3])
+    """Trace the network once for TensorBoard's graph tab, on one example (a batch of one)."""
+    inputs = to_device(inputs_of(example), device)
+    x_t, t = torch.zeros_like(inputs["current"]), torch.zeros(1, dtype=torch.long, device=device)
     was_training = net.training
     net.eval()
     with warnings.catch_warnings():  # tracing warns about the input-shape check; harmless
         warnings.simplefilter("ignore")
-        writer.add_graph(_Positional(net, inputs[3:]), inputs[:3])
+        writer.add_graph(net, (x_t, t, inputs))
     net.train(was_training)
-
-
-class _Positional(torch.nn.Module):
-    """The network with its optional inputs bound, so the tracer sees three tensors."""
-
-    def __init__(self, net: torch.nn.Module, extra: tuple) -> None:
-        super().__init__()
-        self.net, self.extra = net, extra
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        return self.net(x_t, t, current, *self.extra)
 
 
 def add_hparams(writer, config: dict, final_val_loss: float, best_val_loss: float, extra: dict | None = None) -> None:

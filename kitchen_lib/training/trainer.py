@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import BatchSampler
 
-from kitchen_lib.base.images import image_grid, to_image, to_tensor
+from kitchen_lib.base.example import to_tensors
+from kitchen_lib.base.images import image_grid, to_image
 from kitchen_lib.base.locks import claim_folder
 from kitchen_lib.data.cache import build_pairs
-from kitchen_lib.data.conditioning import ConditionedPairs, pair_inputs
+from kitchen_lib.data.examples import ExampleSet, gather
 from kitchen_lib.model.unet import channels_last, count_parameters
 from kitchen_lib.training import distributed, divergence, run_state, runlog
 from kitchen_lib.training.checkpoint import CheckpointError, save_checkpoint
@@ -118,8 +120,8 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.train
         self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild,
                                  progress=self.progress and self.world.is_main)
-        self.train_set = ConditionedPairs(self.cache, "train", cfg.conditioning)
-        self.val_set = ConditionedPairs(self.cache, "val", cfg.conditioning)
+        self.train_set = ExampleSet(self.cache, self.cache.pairs("train"), cfg.conditioning)
+        self.val_set = ExampleSet(self.cache, self.cache.pairs("val"), cfg.conditioning)
         if len(self.train_set) < tc.global_batch:
             each = f" ({tc.batch_size} per process x {self.world.size})" if self.world.size > 1 else ""
             raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.global_batch}{each}")
@@ -153,8 +155,9 @@ class Trainer:
     def _batches(self, epoch: int, start: int):
         tc = self.cfg.train
         order = run_state.epoch_order(len(self.train_set), tc.seed, epoch)  # the same on every rank; each reads its share
-        loader = torch.utils.data.DataLoader(self.train_set, batch_size=tc.batch_size, num_workers=tc.num_workers,
-                                             sampler=distributed.rank_indices(order, tc.batch_size, self.world))
+        # Each item of the set is a whole batch, gathered in one go (ExampleSet).
+        batches = BatchSampler(distributed.rank_indices(order, tc.batch_size, self.world), tc.batch_size, drop_last=False)
+        loader = torch.utils.data.DataLoader(self.train_set, batch_size=None, sampler=batches, num_workers=tc.num_workers)
         for i, batch in enumerate(loader):
             if i >= start:
                 yield i, batch
@@ -167,7 +170,7 @@ class Trainer:
         self.ema_model.eval()
         tc = self.cfg.train
         mine = distributed.rank_val_batches(len(self.val_set), max(tc.global_batch, 32), self.world)
-        loader = torch.utils.data.DataLoader(self.val_set, batch_sampler=[items for _, items in mine])
+        loader = torch.utils.data.DataLoader(self.val_set, batch_size=None, sampler=[items for _, items in mine])
         total, n = 0.0, 0
         for (i, _), batch in zip(mine, loader, strict=True):
             batch = {key: v.to(self.device) for key, v in batch.items()}
@@ -183,14 +186,11 @@ class Trainer:
     def sample_grid(self, n: int = 4) -> np.ndarray:
         """Rows of current | predicted (the run's sampler, EMA weights) | actual for fixed validation pairs."""
         was_training = self.model.training
-        inputs = pair_inputs(self.cache, "val", self.cfg.conditioning, n)
+        example = gather(self.cache, self.cache.select("val", n), self.cfg.conditioning)
         g = torch.Generator(device=self.device).manual_seed(0)
-        pred = to_image(self.ema_model.eval().predict(
-            to_tensor(inputs["current"]).to(self.device), self.cfg.sampler, g,
-            context=None if "context" not in inputs else to_tensor(inputs["context"]).flatten(1, 2).to(self.device),
-            vector=None if "vector" not in inputs else torch.as_tensor(inputs["vector"], device=self.device)))
+        pred = to_image(self.ema_model.eval().predict(to_tensors(example, self.device), self.cfg.sampler, g))
         self.model.train(was_training)
-        return image_grid([[c, p, f] for c, p, f in zip(inputs["current"], pred, inputs["future"], strict=True)])
+        return image_grid([[c, p, f] for c, p, f in zip(example["current"], pred, example["future"], strict=True)])
 
     def fit(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
@@ -207,7 +207,7 @@ class Trainer:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
                 if fresh:
-                    runlog.add_graph(writer, self.model.net, self.val_set[0], self.device)
+                    runlog.add_graph(writer, self.model.net, self.val_set[[0]], self.device)
             deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
             bar = progress_bar(self.cfg.preset, tc, self.epoch * self.batches_per_epoch + self.batch_in_epoch,
                                tc.epochs * self.batches_per_epoch, enabled=self.progress and main)
