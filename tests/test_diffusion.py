@@ -45,7 +45,7 @@ def test_targets_invert(prediction):
 
 def oracle(d: Diffusion, x0: torch.Tensor):
     """A denoiser that knows the clean frame: outputs the exact target for any x_t."""
-    def model(xt, t, cond):
+    def model(xt, t, inputs):
         eps = (xt - _gather(d.alpha_bar.sqrt(), t) * x0) / _gather((1 - d.alpha_bar).sqrt(), t)
         return d.target(x0, eps, t)
     return model
@@ -57,10 +57,10 @@ def test_samplers_recover_the_frame_with_an_oracle(prediction, schedule):
     d = Diffusion(DiffusionConfig(prediction=prediction, schedule=schedule))
     g = torch.Generator().manual_seed(2)
     x0 = torch.rand((2, 3, 8, 8), generator=g) * 1.8 - 0.9
-    cond = torch.zeros_like(x0)
-    for sample in (d.ddpm_sample(oracle(d, x0), cond, generator=g),
-                   d.ddim_sample(oracle(d, x0), cond, steps=10, generator=g),
-                   d.ddim_sample(oracle(d, x0), cond, steps=5, eta=1.0, generator=g)):
+    inputs = {"current": torch.zeros_like(x0)}
+    for sample in (d.ddpm_sample(oracle(d, x0), inputs, generator=g),
+                   d.ddim_sample(oracle(d, x0), inputs, steps=10, generator=g),
+                   d.ddim_sample(oracle(d, x0), inputs, steps=5, eta=1.0, generator=g)):
         assert torch.allclose(sample, x0, atol=1e-3)
 
 
@@ -68,20 +68,20 @@ def test_samplers_are_deterministic_under_a_seed_and_run_every_step():
     d = Diffusion()
     calls = []
 
-    def model(xt, t, cond):  # a fixed, imperfect denoiser
+    def model(xt, t, inputs):  # a fixed, imperfect denoiser
         calls.append(int(t[0]))
-        return 0.1 * xt + 0.05 * cond
+        return 0.1 * xt + 0.05 * inputs["current"]
 
-    cond = torch.linspace(-1, 1, 48).view(1, 3, 4, 4)
-    a = d.ddpm_sample(model, cond, generator=torch.Generator().manual_seed(7))
+    inputs = {"current": torch.linspace(-1, 1, 48).view(1, 3, 4, 4)}
+    a = d.ddpm_sample(model, inputs, generator=torch.Generator().manual_seed(7))
     assert calls == list(range(999, -1, -1))  # the full reverse process, not a shortcut
-    b = d.ddpm_sample(model, cond, generator=torch.Generator().manual_seed(7))
-    c = d.ddpm_sample(model, cond, generator=torch.Generator().manual_seed(8))
+    b = d.ddpm_sample(model, inputs, generator=torch.Generator().manual_seed(7))
+    c = d.ddpm_sample(model, inputs, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
     calls.clear()
-    e = d.ddim_sample(model, cond, steps=10, generator=torch.Generator().manual_seed(7))
+    e = d.ddim_sample(model, inputs, steps=10, generator=torch.Generator().manual_seed(7))
     assert calls == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]  # trailing spacing, one call per step
-    assert torch.equal(e, d.ddim_sample(model, cond, steps=10, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(e, d.ddim_sample(model, inputs, steps=10, generator=torch.Generator().manual_seed(7)))
 
 
 def test_bad_settings_are_refused():
@@ -93,9 +93,9 @@ def test_bad_settings_are_refused():
         Diffusion(DiffusionConfig(loss_weighting="p2"))
     d = Diffusion()
     with pytest.raises(ValueError, match="DDPM runs all"):
-        d.sample(lambda x, t, c: x, torch.zeros(1, 3, 4, 4), SamplerConfig("ddpm", steps=10))
+        d.sample(lambda x, t, c: x, {"current": torch.zeros(1, 3, 4, 4)}, SamplerConfig("ddpm", steps=10))
     with pytest.raises(ValueError, match="unknown sampler"):
-        d.sample(lambda x, t, c: x, torch.zeros(1, 3, 4, 4), SamplerConfig("euler"))
+        d.sample(lambda x, t, c: x, {"current": torch.zeros(1, 3, 4, 4)}, SamplerConfig("euler"))
     assert SamplerConfig().calls(1000) == DEFAULT_DDIM_STEPS and SamplerConfig("ddpm").calls(1000) == 1000
     assert SamplerConfig(steps=4).label(1000) == "DDIM-4"
     with pytest.raises(ValueError, match="DDIM steps"):
@@ -106,15 +106,16 @@ def test_bad_settings_are_refused():
 def test_residual_diffusion_recovers_the_future_frame_with_an_oracle(prediction):
     d = Diffusion(DiffusionConfig(prediction=prediction, schedule="cosine", residual=True))
     g = torch.Generator().manual_seed(3)
-    cond = torch.rand((2, 3, 8, 8), generator=g) * 1.8 - 0.9
-    future = (cond + 0.3 * torch.randn(cond.shape, generator=g)).clamp(-1, 1)
-    change = d.to_x0(future, cond)
-    assert torch.allclose(change, future - cond)
-    for sample in (d.ddpm_sample(oracle(d, change), cond, generator=g),
-                   d.ddim_sample(oracle(d, change), cond, steps=5, generator=g)):
+    current = torch.rand((2, 3, 8, 8), generator=g) * 1.8 - 0.9
+    future = (current + 0.3 * torch.randn(current.shape, generator=g)).clamp(-1, 1)
+    inputs = {"current": current}
+    change = d.to_x0(future, current)
+    assert torch.allclose(change, future - current)
+    for sample in (d.ddpm_sample(oracle(d, change), inputs, generator=g),
+                   d.ddim_sample(oracle(d, change), inputs, steps=5, generator=g)):
         assert torch.allclose(sample, future, atol=1e-3)
     # An oracle for the wrong thing (the frame, not its change) does not give the frame back.
-    assert not torch.allclose(d.ddim_sample(oracle(d, future), cond, steps=5, generator=g), future, atol=0.1)
+    assert not torch.allclose(d.ddim_sample(oracle(d, future), inputs, steps=5, generator=g), future, atol=0.1)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])

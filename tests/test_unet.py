@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kitchen_lib.model.diffusion import Diffusion, DiffusionConfig
-from kitchen_lib.model.frame_model import layers
+from kitchen_lib.model import layers
 from kitchen_lib.model.unet import Attention, ConditionalUNet, UNetConfig, channels_last, count_parameters
 from kitchen_lib.training.config import preset
 
@@ -19,7 +19,7 @@ def test_shapes(size, channels):
     net = ConditionalUNet(cfg, size, channels)
     assert net.inp.in_channels == 2 * channels  # noisy future stacked with the current frame
     x = torch.randn(2, channels, size, size)
-    assert net(x, torch.tensor([0, 999]), x).shape == (2, channels, size, size)
+    assert net(x, torch.tensor([0, 999]), {"current": x}).shape == (2, channels, size, size)
 
 
 def test_seed_preset_is_the_original_architecture():
@@ -32,11 +32,11 @@ def test_seed_preset_is_the_original_architecture():
 
 
 def test_output_depends_on_time_and_condition():
-    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32).eval()
+    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32, 3).eval()
     x, c = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
-    out = net(x, torch.tensor([10]), c)
-    assert not torch.allclose(out, net(x, torch.tensor([900]), c))
-    assert not torch.allclose(out, net(x, torch.tensor([10]), -c))
+    out = net(x, torch.tensor([10]), {"current": c})
+    assert not torch.allclose(out, net(x, torch.tensor([900]), {"current": c}))
+    assert not torch.allclose(out, net(x, torch.tensor([10]), {"current": -c}))
 
 
 @pytest.mark.parametrize("fields,size,message", [
@@ -50,7 +50,7 @@ def test_output_depends_on_time_and_condition():
 ])
 def test_impossible_configurations_fail_at_construction(fields, size, message):
     with pytest.raises(ValueError, match=message):
-        ConditionalUNet(UNetConfig(**fields), size)
+        ConditionalUNet(UNetConfig(**fields), size, 3)
 
 
 def test_configs_saved_with_pixel_attention_read_as_levels():
@@ -63,27 +63,28 @@ def test_configs_saved_with_pixel_attention_read_as_levels():
 
 
 def test_wrong_input_shape_says_what_it_expects():
-    net = ConditionalUNet(SMOKE, 32)
+    net = ConditionalUNet(SMOKE, 32, 3)
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
-        net(x, torch.tensor([1]), x)
+        net(x, torch.tensor([1]), {"current": x})
 
 
 @pytest.mark.parametrize("patch", [1, 2])
 def test_zero_init_starts_as_copying_the_frame_and_then_learns(patch):
     torch.manual_seed(0)
-    net = ConditionalUNet(replace(SMOKE, zero_init=True, patch_size=patch), 32)
+    net = ConditionalUNet(replace(SMOKE, zero_init=True, patch_size=patch), 32, 3)
     cur, fut = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
-    assert torch.equal(net(fut, torch.tensor([5, 50, 500, 900]), cur), torch.zeros_like(cur))
+    inputs = {"current": cur}
+    assert torch.equal(net(fut, torch.tensor([5, 50, 500, 900]), inputs), torch.zeros_like(cur))
     d = Diffusion(DiffusionConfig(residual=True, prediction="x0", schedule="cosine"))
-    assert torch.equal(d.ddim_sample(net.eval(), cur, steps=3, generator=torch.Generator().manual_seed(0)), cur)
+    assert torch.equal(d.ddim_sample(net.eval(), inputs, steps=3, generator=torch.Generator().manual_seed(0)), cur)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for _ in range(2):  # the zeroed layers get gradients first, then everything behind them
         opt.zero_grad()
-        d.training_loss(net.train(), fut, cur).backward()
+        d.training_loss(net.train(), inputs, fut).backward()
         opt.step()
-    out = net.eval()(fut, torch.tensor([500] * 4), cur)
-    assert out.abs().max() > 0 and not torch.allclose(out, net(fut, torch.tensor([500] * 4), -cur))
+    out = net.eval()(fut, torch.tensor([500] * 4), inputs)
+    assert out.abs().max() > 0 and not torch.allclose(out, net(fut, torch.tensor([500] * 4), {"current": -cur}))
 
 
 @pytest.mark.parametrize("last", [False, True])
@@ -102,18 +103,18 @@ def test_patches_are_a_plain_unet_on_the_folded_frames(last):
     x, c, ctx, v = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.randn(2, 5)
     t = torch.tensor([3, 700])
     fold = torch.nn.functional.pixel_unshuffle
-    folded_out = plain(fold(x, 2), t, fold(c, 2), fold(ctx, 2), v)  # (2, 12, 16, 16)
-    out = patched(x, t, c, ctx, v)
+    folded_out = plain(fold(x, 2), t, {"current": fold(c, 2), "context": fold(ctx, 2), "vector": v})  # (2, 12, 16, 16)
+    out = patched(x, t, {"current": c, "context": ctx, "vector": v})
     assert out.shape == (2, 3, 32, 32) and torch.allclose(out, torch.nn.functional.pixel_shuffle(folded_out, 2), atol=1e-5)
     assert not torch.allclose(out, folded_out.reshape(2, 3, 32, 32))  # a plain reshape would not unfold
 
 
 def test_channels_last_computes_the_same_function():
-    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32).eval()
+    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32, 3).eval()
     fast = channels_last(copy.deepcopy(net))
     assert fast.inp.weight.is_contiguous(memory_format=torch.channels_last)
     x, c, t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
-    assert torch.allclose(net(x, t, c), fast(x, t, c), atol=1e-5)
+    assert torch.allclose(net(x, t, {"current": c}), fast(x, t, {"current": c}), atol=1e-5)
 
 
 def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(monkeypatch):
@@ -121,7 +122,7 @@ def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(mon
     outputs and every parameter's gradient must match the plain NCHW model's."""
     monkeypatch.setattr(layers, "NCHW_WEIGHT_GRAD_MIN", 1)  # the detour everywhere
     torch.manual_seed(0)
-    plain = ConditionalUNet(replace(SMOKE, zero_init=False, adagn=True), 32)  # no zeros: gradients everywhere
+    plain = ConditionalUNet(replace(SMOKE, zero_init=False, adagn=True), 32, 3)  # no zeros: gradients everywhere
     for p in plain.parameters():
         p.data.normal_(0, 0.1)
     fast = channels_last(copy.deepcopy(plain))
@@ -130,7 +131,7 @@ def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(mon
         == "_NCHWWeightGradBackward"  # the detour is taken
     outs = []
     for net in (plain, fast):
-        out = net(x, t, c)
+        out = net(x, t, {"current": c})
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         outs.append(out)
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)

@@ -5,7 +5,7 @@ alpha_bar_t = prod_{s<=t} alpha_s. The forward process jumps straight to any t:
 
     x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps,    eps ~ N(0, I)
 
-The network sees (x_t, t, current frame) and predicts one of
+The network sees (x_t, t, its inputs: the current frame and, for a world model, more) and predicts one of
     eps  the noise (the original DDPM),
     v    sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x_0 (Salimans & Ho 2022),
     x0   the clean future frame itself;
@@ -42,8 +42,9 @@ LOSS_WEIGHTINGS = ("none", "min_snr")
 SAMPLERS = ("ddim", "ddpm")
 DEFAULT_DDIM_STEPS = 10  # what SamplerConfig() means by "DDIM" (chosen with bench/quality.py)
 
-# model(x_t, t, cond) -> prediction, all (B, C, H, W) but t (B,)
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# net(x_t, t, inputs) -> prediction: x_t and the prediction (B, C, H, W), t (B,), inputs the example's
+# tensors (kitchen_lib.base.example), of which the process itself reads only the current frame.
+Denoiser = Callable[[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -189,17 +190,17 @@ class Diffusion:
         w = snr.clamp(max=self.cfg.min_snr_gamma)
         return w / {"x0": 1, "eps": snr, "v": snr + 1}[self.cfg.prediction]
 
-    def training_loss(self, model: Denoiser, future: torch.Tensor, cond: torch.Tensor,
+    def training_loss(self, model: Denoiser, inputs: dict[str, torch.Tensor], future: torch.Tensor,
                       generator: torch.Generator | None = None, part: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """(Weighted) mean squared error of the network's output against its target, t drawn per sample.
 
         part = (rank, world): the batch is that rank's slice of a global batch `world` times its
         size; t and the noise are drawn for the global batch and sliced (`distributed.own_rows`)."""
-        x0 = self.to_x0(future, cond)
+        x0 = self.to_x0(future, inputs["current"])
         n = x0.shape[0]
         t = own_rows(self.training_timesteps(n * part[1], x0.device, generator), part)
         noise = own_rows(torch.randn(global_shape(x0.shape, part), device=x0.device, generator=generator), part)
-        out = model(self.q_sample(x0, t, noise), t, cond)
+        out = model(self.q_sample(x0, t, noise), t, inputs)
         return torch.mean(self.loss_weights(t) * (out.float() - self.target(x0, noise, t)) ** 2)
 
     def training_timesteps(self, n: int, device: torch.device | str = "cpu",
@@ -212,44 +213,45 @@ class Diffusion:
 
     # --- what is diffused: the frame, or its change --------------------------------------
 
-    def to_x0(self, future: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def to_x0(self, future: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """The clean sample the process diffuses for this (future, current) pair."""
-        return future - cond if self.cfg.residual else future
+        return future - current if self.cfg.residual else future
 
-    def to_frame(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def to_frame(self, x0: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """Back from the diffused sample to a future frame in [-1, 1]."""
-        return (x0 + cond if self.cfg.residual else x0).clamp(-1, 1)
+        return (x0 + current if self.cfg.residual else x0).clamp(-1, 1)
 
-    def _clip_x0(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Keep x0 estimates to values a frame can take (for a residual, -1 <= cond + x0 <= 1)."""
+    def _clip_x0(self, x0: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Keep x0 estimates to values a frame can take (for a residual, -1 <= current + x0 <= 1)."""
         if self.cfg.residual:
-            return torch.maximum(torch.minimum(x0, 1 - cond), -1 - cond)
+            return torch.maximum(torch.minimum(x0, 1 - current), -1 - current)
         return x0.clamp(-1, 1)
 
     # --- reverse process -----------------------------------------------------------------
 
-    def _x0_eps(self, model: Denoiser, x: torch.Tensor, t: int, cond: torch.Tensor, clip: bool):
+    def _x0_eps(self, model: Denoiser, x: torch.Tensor, t: int, inputs: dict[str, torch.Tensor], clip: bool):
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        x0, eps = self.x0_and_eps(model(x, tt, cond).float(), x, tt)
+        x0, eps = self.x0_and_eps(model(x, tt, inputs).float(), x, tt)
         if clip:  # frames live in [-1, 1]; re-derive eps so the two stay consistent
-            x0 = self._clip_x0(x0, cond)
+            x0 = self._clip_x0(x0, inputs["current"])
             eps = (x - _gather(self.alpha_bar.sqrt(), tt) * x0) / _gather((1 - self.alpha_bar).sqrt(), tt)
         return tt, x0, eps
 
     @torch.no_grad()
-    def ddpm_sample(self, model: Denoiser, cond: torch.Tensor, generator: torch.Generator | None = None,
+    def ddpm_sample(self, model: Denoiser, inputs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                     clip: bool = True, progress: bool = False) -> torch.Tensor:
-        """Ancestral sampling through all T steps; returns x_0 in [-1, 1], shaped like cond's image."""
-        x = torch.randn(self._shape(model, cond), device=cond.device, generator=generator)
+        """Ancestral sampling through all T steps; returns future frames in [-1, 1], shaped like the current ones."""
+        current = inputs["current"]
+        x = torch.randn(self._shape(model, current), device=current.device, generator=generator)
         for t in tqdm(range(self.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
-            tt, x0, _ = self._x0_eps(model, x, t, cond, clip)
+            tt, x0, _ = self._x0_eps(model, x, t, inputs, clip)
             mean = _gather(self.posterior_c0, tt) * x0 + _gather(self.posterior_ct, tt) * x
             if t > 0:
                 noise = torch.randn(x.shape, device=x.device, generator=generator)
                 x = mean + (0.5 * _gather(self.posterior_logvar, tt)).exp() * noise
             else:
                 x = mean
-        return self.to_frame(x, cond)
+        return self.to_frame(x, current)
 
     def ddim_timesteps(self, steps: int) -> list[int]:
         """The `steps` timesteps DDIM visits, "trailing": T-1 first, evenly spaced, none repeated."""
@@ -258,30 +260,31 @@ class Diffusion:
         return [round(self.T - i * self.T / steps) - 1 for i in range(steps)]
 
     @torch.no_grad()
-    def ddim_sample(self, model: Denoiser, cond: torch.Tensor, steps: int, eta: float = 0.0,
+    def ddim_sample(self, model: Denoiser, inputs: dict[str, torch.Tensor], steps: int, eta: float = 0.0,
                     generator: torch.Generator | None = None, clip: bool = True, progress: bool = False) -> torch.Tensor:
         """DDIM through `steps` of the T steps (eta=0: deterministic, eta=1: DDPM-like noise)."""
-        x = torch.randn(self._shape(model, cond), device=cond.device, generator=generator)
+        current = inputs["current"]
+        x = torch.randn(self._shape(model, current), device=current.device, generator=generator)
         ts = self.ddim_timesteps(steps)
         for i, t in enumerate(tqdm(ts, desc=f"DDIM-{steps}", disable=not progress, leave=False)):
-            _, x0, eps = self._x0_eps(model, x, t, cond, clip)
+            _, x0, eps = self._x0_eps(model, x, t, inputs, clip)
             ab = float(self.alpha_bar[t])
             ab_prev = float(self.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
             sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
             x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator)
-        return self.to_frame(x, cond)
+        return self.to_frame(x, current)
 
-    def sample(self, model: Denoiser, cond: torch.Tensor, sampler: SamplerConfig = SamplerConfig(),
+    def sample(self, model: Denoiser, inputs: dict[str, torch.Tensor], sampler: SamplerConfig,
                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """Predict future frames for a batch of current frames (B, C, H, W) in [-1, 1], from pure noise."""
+        """Predict future frames for a batch of inputs (current frames (B, C, H, W) in [-1, 1], ...), from pure noise."""
         sampler.validate()
         if sampler.name == "ddpm":
-            return self.ddpm_sample(model, cond, generator, progress=progress)
-        return self.ddim_sample(model, cond, sampler.calls(self.T), sampler.eta, generator, progress=progress)
+            return self.ddpm_sample(model, inputs, generator, progress=progress)
+        return self.ddim_sample(model, inputs, sampler.calls(self.T), sampler.eta, generator, progress=progress)
 
     @staticmethod
-    def _shape(model: Denoiser, cond: torch.Tensor) -> tuple[int, ...]:
-        channels = getattr(model, "out_channels", cond.shape[1])
-        return (cond.shape[0], channels, *cond.shape[2:])
+    def _shape(model: Denoiser, current: torch.Tensor) -> tuple[int, ...]:
+        channels = getattr(model, "out_channels", current.shape[1])
+        return (current.shape[0], channels, *current.shape[2:])

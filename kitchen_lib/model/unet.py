@@ -171,16 +171,16 @@ class Level(nn.Module):
 
 
 class ConditionalUNet(nn.Module):
-    """(noisy future frame, t, current frame[, context frames][, vector]) -> prediction.
+    """net(x_t, t, inputs) -> prediction: x_t the noisy future frame, inputs the example's tensors
+    (kitchen_lib.base.example): "current" and, for a world model, "context" and "vector".
 
     Frames are (B, C, H, W), the context (B, N*C, H, W), t (B,), the vector (B, D): the
     conditioning vector (actions, joint state) is normalised with statistics kept as buffers,
     projected and added to the timestep's sinusoidal features before the time MLP."""
 
-    def __init__(self, cfg: UNetConfig | None = None, image_size: int = 64, image_channels: int = 3,
-                 context_frames: int = 0, vector_dim: int = 0) -> None:
+    def __init__(self, cfg: UNetConfig, image_size: int, image_channels: int, context_frames: int = 0,
+                 vector_dim: int = 0) -> None:
         super().__init__()
-        cfg = cfg or UNetConfig()
         cfg.validate(image_size)
         self.cfg, self.image_size, self.image_channels = cfg, image_size, image_channels
         self.context_frames, self.vector_dim = context_frames, vector_dim
@@ -242,15 +242,15 @@ class ConditionalUNet(nn.Module):
         self.vector_mean.copy_(torch.as_tensor(mean))
         self.vector_std.copy_(torch.as_tensor(std))
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor | None = None,
-                vector: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t, cond: (B, C, H, W); t: (B,) integer steps; context (B, N*C, H, W); vector (B, D) -> (B, C, H, W)."""
-        self._check_inputs(x_t, cond, context, vector)
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x_t (B, C, H, W); t (B,) integer steps; inputs as the class says -> (B, C, H, W)."""
+        current, context, vector = inputs["current"], inputs.get("context"), inputs.get("vector")
+        self._check_inputs(x_t, current, context, vector)
         feats = sinusoidal_embedding(t, self.cfg.time_emb_dim)
         if self.vector_dim:
             feats = feats + self.vector_proj((vector - self.vector_mean) / self.vector_std)
         emb = self.time_mlp(feats)
-        x = torch.cat([x_t, cond] if context is None else [x_t, context, cond], dim=1)
+        x = torch.cat([x_t, current] if context is None else [x_t, context, current], dim=1)
         p = self.cfg.patch_size
         if p > 1:  # torch copies even for p = 1
             x = F.pixel_unshuffle(x, p)  # (B, n*C*p*p, H/p, W/p)
@@ -273,11 +273,11 @@ class ConditionalUNet(nn.Module):
         out = self.out(h)
         return F.pixel_shuffle(out, p) if p > 1 else out  # (B, C*p*p, H/p, W/p) -> (B, C, H, W)
 
-    def _check_inputs(self, x_t, cond, context, vector) -> None:
+    def _check_inputs(self, x_t, current, context, vector) -> None:
         want = (self.image_channels, self.image_size, self.image_size)
-        if x_t.shape != cond.shape or x_t.shape[1:] != want:
+        if x_t.shape != current.shape or x_t.shape[1:] != want:
             raise ValueError(f"expected noisy and current frames shaped (B, {', '.join(map(str, want))}); "
-                             f"got {tuple(x_t.shape)} and {tuple(cond.shape)}")
+                             f"got {tuple(x_t.shape)} and {tuple(current.shape)}")
         if self.context_frames and (context is None or context.shape[1] != self.context_frames * self.image_channels):
             got = None if context is None else tuple(context.shape)
             raise ValueError(f"this model needs {self.context_frames} context frames, (B, "
