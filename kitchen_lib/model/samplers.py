@@ -68,38 +68,6 @@ def pure_noise(net: Denoiser, current: torch.Tensor, generator: torch.Generator 
     return torch.randn((current.shape[0], channels, *current.shape[2:]), device=current.device, generator=generator)
 
 
-@register_sampler
-@dataclass(frozen=True)
-class DDPM(Sampler):
-    """Ancestral sampling through all T steps."""
-
-    name: ClassVar[str] = "ddpm"
-
-    @classmethod
-    def from_config(cls, steps: int | None, eta: float) -> DDPM:
-        if steps is not None:
-            raise ValueError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
-                             "(--sampling_steps is the same flag)")
-        return cls()
-
-    def calls(self, timesteps: int) -> int:
-        return timesteps
-
-    @torch.no_grad()
-    def __call__(self, diffusion: Diffusion, net: Denoiser, inputs: dict[str, torch.Tensor],
-                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        current = inputs["current"]
-        x = pure_noise(net, current, generator)
-        for t in tqdm(range(diffusion.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
-            tt, x0, _ = diffusion.estimate(net, x, t, inputs)
-            mean, std = diffusion.posterior(x0, x, tt)
-            if t > 0:
-                x = mean + std * torch.randn(x.shape, device=x.device, generator=generator)
-            else:
-                x = mean
-        return diffusion.to_frame(x, current)
-
-
 def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
     """The `steps` of `timesteps` training timesteps DDIM visits, "trailing": T-1 first, evenly spaced, none repeated."""
     if not 1 <= steps <= timesteps:
@@ -142,4 +110,36 @@ class DDIM(Sampler):
             x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator)
+        return diffusion.to_frame(x, current)
+
+
+@register_sampler
+@dataclass(frozen=True)
+class DDPM(Sampler):
+    """Ancestral sampling through all T steps."""
+
+    name: ClassVar[str] = "ddpm"
+
+    @classmethod
+    def from_config(cls, steps: int | None, eta: float) -> DDPM:
+        if steps is not None:
+            raise ValueError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
+                             "(--sampling_steps is the same flag)")
+        return cls()
+
+    def calls(self, timesteps: int) -> int:
+        return timesteps
+
+    @torch.no_grad()
+    def __call__(self, diffusion: Diffusion, net: Denoiser, inputs: dict[str, torch.Tensor],
+                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        current = inputs["current"]
+        x = pure_noise(net, current, generator)
+        for t in tqdm(range(diffusion.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
+            tt, x0, _ = diffusion.estimate(net, x, t, inputs)
+            mean, std = diffusion.posterior(x0, x, tt)
+            if t > 0:
+                x = mean + std * torch.randn(x.shape, device=x.device, generator=generator)
+            else:
+                x = mean
         return diffusion.to_frame(x, current)
