@@ -48,6 +48,7 @@ class Sampler:
 
     def __call__(self, diffusion: Diffusion, net: Denoiser, inputs: dict[str, torch.Tensor],
                  generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Future frames in [-1, 1] for a batch of inputs, from pure noise drawn with `generator`."""
         raise NotImplementedError
 
 
