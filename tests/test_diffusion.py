@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from kitchen_lib.model.diffusion import DEFAULT_DDIM_STEPS, Diffusion, DiffusionConfig, SamplerConfig, _gather
+from kitchen_lib.model.diffusion import Diffusion, DiffusionConfig, SamplerConfig, _gather
+from kitchen_lib.model.samplers import DDIM, DDPM, DEFAULT_DDIM_STEPS, ddim_timesteps
 
 
 def test_linear_schedule_endpoints_and_monotone():
@@ -58,9 +59,9 @@ def test_samplers_recover_the_frame_with_an_oracle(prediction, schedule):
     g = torch.Generator().manual_seed(2)
     x0 = torch.rand((2, 3, 8, 8), generator=g) * 1.8 - 0.9
     inputs = {"current": torch.zeros_like(x0)}
-    for sample in (d.ddpm_sample(oracle(d, x0), inputs, generator=g),
-                   d.ddim_sample(oracle(d, x0), inputs, steps=10, generator=g),
-                   d.ddim_sample(oracle(d, x0), inputs, steps=5, eta=1.0, generator=g)):
+    for sample in (DDPM()(d, oracle(d, x0), inputs, generator=g),
+                   DDIM(10, 0.0)(d, oracle(d, x0), inputs, generator=g),
+                   DDIM(5, 1.0)(d, oracle(d, x0), inputs, generator=g)):
         assert torch.allclose(sample, x0, atol=1e-3)
 
 
@@ -73,15 +74,15 @@ def test_samplers_are_deterministic_under_a_seed_and_run_every_step():
         return 0.1 * xt + 0.05 * inputs["current"]
 
     inputs = {"current": torch.linspace(-1, 1, 48).view(1, 3, 4, 4)}
-    a = d.ddpm_sample(model, inputs, generator=torch.Generator().manual_seed(7))
+    a = DDPM()(d, model, inputs, generator=torch.Generator().manual_seed(7))
     assert calls == list(range(999, -1, -1))  # the full reverse process, not a shortcut
-    b = d.ddpm_sample(model, inputs, generator=torch.Generator().manual_seed(7))
-    c = d.ddpm_sample(model, inputs, generator=torch.Generator().manual_seed(8))
+    b = DDPM()(d, model, inputs, generator=torch.Generator().manual_seed(7))
+    c = DDPM()(d, model, inputs, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
     calls.clear()
-    e = d.ddim_sample(model, inputs, steps=10, generator=torch.Generator().manual_seed(7))
+    e = DDIM(10, 0.0)(d, model, inputs, generator=torch.Generator().manual_seed(7))
     assert calls == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]  # trailing spacing, one call per step
-    assert torch.equal(e, d.ddim_sample(model, inputs, steps=10, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(e, DDIM(10, 0.0)(d, model, inputs, generator=torch.Generator().manual_seed(7)))
 
 
 def test_bad_settings_are_refused():
@@ -99,7 +100,7 @@ def test_bad_settings_are_refused():
     assert SamplerConfig().calls(1000) == DEFAULT_DDIM_STEPS and SamplerConfig("ddpm").calls(1000) == 1000
     assert SamplerConfig(steps=4).label(1000) == "DDIM-4"
     with pytest.raises(ValueError, match="DDIM steps"):
-        d.ddim_timesteps(0)
+        ddim_timesteps(d.T, 0)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
@@ -111,11 +112,11 @@ def test_residual_diffusion_recovers_the_future_frame_with_an_oracle(prediction)
     inputs = {"current": current}
     change = d.to_x0(future, current)
     assert torch.allclose(change, future - current)
-    for sample in (d.ddpm_sample(oracle(d, change), inputs, generator=g),
-                   d.ddim_sample(oracle(d, change), inputs, steps=5, generator=g)):
+    for sample in (DDPM()(d, oracle(d, change), inputs, generator=g),
+                   DDIM(5, 0.0)(d, oracle(d, change), inputs, generator=g)):
         assert torch.allclose(sample, future, atol=1e-3)
     # An oracle for the wrong thing (the frame, not its change) does not give the frame back.
-    assert not torch.allclose(d.ddim_sample(oracle(d, future), inputs, steps=5, generator=g), future, atol=0.1)
+    assert not torch.allclose(DDIM(5, 0.0)(d, oracle(d, future), inputs, generator=g), future, atol=0.1)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])

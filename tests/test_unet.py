@@ -6,6 +6,7 @@ import torch
 
 from kitchen_lib.model import layers
 from kitchen_lib.model.diffusion import Diffusion, DiffusionConfig
+from kitchen_lib.model.samplers import DDIM
 from kitchen_lib.model.unet import Attention, ConditionalUNet, UNetConfig, channels_last, count_parameters
 from kitchen_lib.training.config import preset
 
@@ -77,7 +78,7 @@ def test_zero_init_starts_as_copying_the_frame_and_then_learns(patch):
     inputs = {"current": cur}
     assert torch.equal(net(fut, torch.tensor([5, 50, 500, 900]), inputs), torch.zeros_like(cur))
     d = Diffusion(DiffusionConfig(residual=True, prediction="x0", schedule="cosine"))
-    assert torch.equal(d.ddim_sample(net.eval(), inputs, steps=3, generator=torch.Generator().manual_seed(0)), cur)
+    assert torch.equal(DDIM(3, 0.0)(d, net.eval(), inputs, generator=torch.Generator().manual_seed(0)), cur)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     for _ in range(2):  # the zeroed layers get gradients first, then everything behind them
         opt.zero_grad()

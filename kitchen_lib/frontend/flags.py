@@ -25,12 +25,12 @@ from kitchen_lib.data.render import QUALITIES
 from kitchen_lib.model.diffusion import (
     LOSS_WEIGHTINGS,
     PREDICTIONS,
-    SAMPLERS,
     SCHEDULES,
     DiffusionConfig,
     SamplerConfig,
 )
 from kitchen_lib.model.frame_model import OBJECTIVES
+from kitchen_lib.model.samplers import SAMPLERS
 from kitchen_lib.model.unet import UNetConfig
 from kitchen_lib.training.config import RunConfig, TrainConfig, preset, with_overrides
 
@@ -40,7 +40,7 @@ GROUPS: dict[str, type] = {"data": PairsConfig, "model": UNetConfig, "diffusion"
 FLAG_NAMES = {("sampler", "name"): "sampler", ("sampler", "steps"): "sampling_steps"}
 CHOICES = {("data", "quality"): QUALITIES, ("diffusion", "schedule"): SCHEDULES, ("diffusion", "prediction"): PREDICTIONS,
            ("diffusion", "loss_weighting"): LOSS_WEIGHTINGS, ("train", "objective"): OBJECTIVES,
-           ("sampler", "name"): SAMPLERS}
+           ("sampler", "name"): SAMPLERS}  # the live registry, read when a parser is built
 # Fields that are no flag: set from the environment (torchrun's WORLD_SIZE), never typed.
 NOT_FLAGS = {("train", "world_size")}
 # The original project's names (and our own earlier ones) for the same fields.
@@ -106,7 +106,7 @@ def add_config_flags(parser: argparse.ArgumentParser, groups: list[str]) -> None
             else:
                 kw["type"] = kind
             if (group, f.name) in CHOICES:
-                kw["choices"] = CHOICES[(group, f.name)]
+                kw["choices"] = list(CHOICES[(group, f.name)])
             elif kind is not bool:
                 kw.setdefault("metavar", name.upper())
             section.add_argument(*names, **kw)
@@ -147,10 +147,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def sampler_from_args(args: argparse.Namespace, default: SamplerConfig | None = None) -> SamplerConfig:
-    """The sampler flags laid over `default` (a checkpoint's own sampler); checked at once."""
+    """The sampler flags laid over `default` (a checkpoint's own sampler); checked at once.
+
+    Without a default (before a checkpoint is loaded, to check the flags early) they are laid over
+    SamplerConfig(): the result then only says the flags are valid, it is no run's sampler."""
     fields = given(args, "sampler")
     if default is None or ("name" in fields and fields["name"] != default.name):
-        default = SamplerConfig(fields.get("name", "ddim"))
+        # The checkpoint's settings (its DDIM steps) are not the named sampler's.
+        default = SamplerConfig(fields["name"]) if "name" in fields else SamplerConfig()
     sampler = dataclasses.replace(default, **fields)
     sampler.validate()
     return sampler

@@ -15,7 +15,8 @@ from kitchen_lib.base.images import difference_image, png_bytes
 from kitchen_lib.data.examples import gather
 from kitchen_lib.inference.baselines import copy_frame
 from kitchen_lib.inference.metrics import capped_psnr
-from kitchen_lib.model.diffusion import SAMPLERS, SamplerConfig
+from kitchen_lib.model.diffusion import SamplerConfig
+from kitchen_lib.model.samplers import DEFAULT_DDIM_STEPS, SAMPLERS
 
 
 def sized_image(height: int, width: int, scale: int, fmt: str = "png") -> widgets.Image:
@@ -60,6 +61,12 @@ class FramePlayer(widgets.VBox):
             self.label.value = f"step {t} / {len(self.frames) - 1}"
 
 
+def sampler_buttons(value: str) -> widgets.ToggleButtons:
+    """One button per registered sampler, `value` pressed."""
+    return widgets.ToggleButtons(options=list(SAMPLERS), value=value, description="sampler",
+                                 style={"button_width": "64px"})  # side by side, not stacked
+
+
 class PredictionDemo(widgets.VBox):
     """Scrub any episode and watch the model predict k steps ahead.
 
@@ -80,10 +87,9 @@ class PredictionDemo(widgets.VBox):
         self.play = widgets.Play(min=0, max=1, interval=800, description="play")
         self.slider = widgets.IntSlider(min=0, max=1, description="step", continuous_update=False)
         widgets.link((self.play, "value"), (self.slider, "value"))
-        self.sampler = widgets.ToggleButtons(options=list(SAMPLERS), value=sampler.name, description="sampler",
-                                             style={"button_width": "64px"})  # side by side, not stacked
-        ddim_steps = SamplerConfig("ddim", sampler.steps).calls(predictor.model.diffusion.T)
-        self.steps = widgets.IntSlider(min=1, max=200, value=ddim_steps, description="DDIM steps", continuous_update=False)
+        self.sampler = sampler_buttons(sampler.name)
+        self.steps = widgets.IntSlider(min=1, max=200, value=sampler.steps or DEFAULT_DDIM_STEPS, description="DDIM steps",
+                                       continuous_update=False)
         self._eta = sampler.eta
         titles = ["current", f"predicted (+{self.k})", f"actual (+{self.k})", "difference"]  # short: under 100 px
         h, w = self._frames().shape[1:3]
@@ -142,15 +148,14 @@ class PredictionDemo(widgets.VBox):
         self._refresh()
 
     def sampler_config(self) -> SamplerConfig:
-        """What the controls ask for; DDPM always runs all its training timesteps."""
-        if self.sampler.value == "ddpm":
-            return SamplerConfig("ddpm")
-        return SamplerConfig("ddim", self.steps.value, self._eta)
+        """What the controls ask for; the steps only for a sampler that takes them (not DDPM)."""
+        name = self.sampler.value
+        return SamplerConfig(name, self.steps.value if SAMPLERS[name].takes_steps else None, self._eta)
 
     def _refresh(self, change: dict | None = None) -> None:
         import time
 
-        self.steps.disabled = self.sampler.value == "ddpm"
+        self.steps.disabled = not SAMPLERS[self.sampler.value].takes_steps
         t = self.slider.value
         try:
             inputs = gather(self._source(), np.array([[0, t]]), self.predictor.conditioning)

@@ -1,4 +1,4 @@
-"""The diffusion process: noise schedules, forward noising, training targets, samplers.
+"""The diffusion process: noise schedules, forward noising, training targets; which sampler to run.
 
 Notation (Ho et al. 2020): beta_t is the noise added at step t, alpha_t = 1 - beta_t,
 alpha_bar_t = prod_{s<=t} alpha_s. The forward process jumps straight to any t:
@@ -19,10 +19,10 @@ Two options change what is diffused and how it is weighted:
                    min(SNR_t, gamma) expressed for the chosen target, so the many nearly noise-free
                    steps do not dominate training.
 
-Samplers run the full reverse process from pure noise: DDPM visits all T steps; DDIM
-(Song et al. 2021) visits a chosen subset, deterministic with eta = 0, with "trailing"
-spacing (Lin et al. 2024): it starts at t = T-1 and its last network call is at t = T/steps - 1,
-not at t = 0, where a call would change almost nothing.
+The samplers that run the reverse process (DDPM, DDIM, ...) are classes in
+kitchen_lib.model.samplers, named in its registry; `SamplerConfig` (saved in every checkpoint)
+picks one by name, and `Diffusion.sample` runs it. Diffusion gives them the schedule, the
+posterior q(x_{t-1} | x_t, x_0) and the clipped x0/eps estimate they share.
 """
 
 from __future__ import annotations
@@ -32,15 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from kitchen_lib.base.global_batch import global_shape, own_rows
+from kitchen_lib.model.samplers import SAMPLERS, Sampler
 
 PREDICTIONS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "cosine")
 LOSS_WEIGHTINGS = ("none", "min_snr")
-SAMPLERS = ("ddim", "ddpm")
-DEFAULT_DDIM_STEPS = 10  # what SamplerConfig() means by "DDIM" (chosen with bench/quality.py)
 
 # net(x_t, t, inputs) -> prediction: x_t and the prediction (B, C, H, W), t (B,), inputs the example's
 # tensors (kitchen_lib.base.example), of which the process itself reads only the current frame.
@@ -83,30 +81,26 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How to sample: which sampler, and how many sampling steps (network calls) it takes.
+    """How to sample: a registered sampler's name and its settings (kitchen_lib.model.samplers).
 
     DDPM always walks all T training timesteps; DDIM takes `steps` of them (DEFAULT_DDIM_STEPS unless told)."""
 
-    name: str = "ddim"  # "ddim" or "ddpm"
+    name: str = "ddim"  # a registered sampler: ddim, ddpm, ...
     steps: int | None = None  # sampling steps; None: DEFAULT_DDIM_STEPS for DDIM, all T for DDPM
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
 
     def validate(self) -> None:
+        self.build()
+
+    def build(self) -> Sampler:
+        """The sampler object these settings describe (its class checks them)."""
         if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}: choose one of {SAMPLERS}")
-        if self.name == "ddpm" and self.steps is not None:
-            raise ValueError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
-                             "(--sampling_steps is the same flag)")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"--sampling_steps (--steps) must be at least 1 (got {self.steps})")
-        if not 0 <= self.eta <= 1:
-            raise ValueError(f"--eta must be in [0, 1] (got {self.eta})")
+            raise ValueError(f"unknown sampler {self.name!r}: choose one of {tuple(SAMPLERS)}")
+        return SAMPLERS[self.name].from_config(self.steps, self.eta)
 
     def calls(self, timesteps: int) -> int:
         """Network calls per sampled frame for a process with `timesteps` training timesteps."""
-        if self.name == "ddpm":
-            return timesteps
-        return DEFAULT_DDIM_STEPS if self.steps is None else self.steps
+        return self.build().calls(timesteps)
 
     def label(self, timesteps: int) -> str:
         """E.g. "DDIM-10" or "DDPM-1000"."""
@@ -227,9 +221,11 @@ class Diffusion:
             return torch.maximum(torch.minimum(x0, 1 - current), -1 - current)
         return x0.clamp(-1, 1)
 
-    # --- reverse process -----------------------------------------------------------------
+    # --- what the samplers share --------------------------------------------------------
 
-    def _x0_eps(self, model: Denoiser, x: torch.Tensor, t: int, inputs: dict[str, torch.Tensor], clip: bool):
+    def estimate(self, model: Denoiser, x: torch.Tensor, t: int, inputs: dict[str, torch.Tensor],
+                 clip: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One network call at timestep t: (t as a batch, x0 estimate, eps estimate)."""
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         x0, eps = self.x0_and_eps(model(x, tt, inputs).float(), x, tt)
         if clip:  # frames live in [-1, 1]; re-derive eps so the two stay consistent
@@ -237,54 +233,13 @@ class Diffusion:
             eps = (x - _gather(self.alpha_bar.sqrt(), tt) * x0) / _gather((1 - self.alpha_bar).sqrt(), tt)
         return tt, x0, eps
 
-    @torch.no_grad()
-    def ddpm_sample(self, model: Denoiser, inputs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-                    clip: bool = True, progress: bool = False) -> torch.Tensor:
-        """Ancestral sampling through all T steps; returns future frames in [-1, 1], shaped like the current ones."""
-        current = inputs["current"]
-        x = torch.randn(self._shape(model, current), device=current.device, generator=generator)
-        for t in tqdm(range(self.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
-            tt, x0, _ = self._x0_eps(model, x, t, inputs, clip)
-            mean = _gather(self.posterior_c0, tt) * x0 + _gather(self.posterior_ct, tt) * x
-            if t > 0:
-                noise = torch.randn(x.shape, device=x.device, generator=generator)
-                x = mean + (0.5 * _gather(self.posterior_logvar, tt)).exp() * noise
-            else:
-                x = mean
-        return self.to_frame(x, current)
-
-    def ddim_timesteps(self, steps: int) -> list[int]:
-        """The `steps` timesteps DDIM visits, "trailing": T-1 first, evenly spaced, none repeated."""
-        if not 1 <= steps <= self.T:
-            raise ValueError(f"DDIM steps must be between 1 and {self.T} (got {steps})")
-        return [round(self.T - i * self.T / steps) - 1 for i in range(steps)]
-
-    @torch.no_grad()
-    def ddim_sample(self, model: Denoiser, inputs: dict[str, torch.Tensor], steps: int, eta: float = 0.0,
-                    generator: torch.Generator | None = None, clip: bool = True, progress: bool = False) -> torch.Tensor:
-        """DDIM through `steps` of the T steps (eta=0: deterministic, eta=1: DDPM-like noise)."""
-        current = inputs["current"]
-        x = torch.randn(self._shape(model, current), device=current.device, generator=generator)
-        ts = self.ddim_timesteps(steps)
-        for i, t in enumerate(tqdm(ts, desc=f"DDIM-{steps}", disable=not progress, leave=False)):
-            _, x0, eps = self._x0_eps(model, x, t, inputs, clip)
-            ab = float(self.alpha_bar[t])
-            ab_prev = float(self.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
-            sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-            x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
-            if sigma > 0:
-                x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator)
-        return self.to_frame(x, current)
+    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of q(x_{t-1} | x_t, x_0)."""
+        mean = _gather(self.posterior_c0, t) * x0 + _gather(self.posterior_ct, t) * x_t
+        return mean, (0.5 * _gather(self.posterior_logvar, t)).exp()
 
     def sample(self, model: Denoiser, inputs: dict[str, torch.Tensor], sampler: SamplerConfig,
                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """Predict future frames for a batch of inputs (current frames (B, C, H, W) in [-1, 1], ...), from pure noise."""
-        sampler.validate()
-        if sampler.name == "ddpm":
-            return self.ddpm_sample(model, inputs, generator, progress=progress)
-        return self.ddim_sample(model, inputs, sampler.calls(self.T), sampler.eta, generator, progress=progress)
-
-    @staticmethod
-    def _shape(model: Denoiser, current: torch.Tensor) -> tuple[int, ...]:
-        channels = getattr(model, "out_channels", current.shape[1])
-        return (current.shape[0], channels, *current.shape[2:])
+        """Predict future frames for a batch of inputs (current frames (B, C, H, W) in [-1, 1], ...),
+        from pure noise, with the sampler `sampler` names."""
+        return sampler.build()(self, model, inputs, generator, progress)

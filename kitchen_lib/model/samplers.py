@@ -1,0 +1,146 @@
+"""Samplers: ways to run the reverse process from pure noise to a future frame, each a small class.
+
+A sampler is called `sampler(diffusion, net, inputs, generator, progress)` and returns future
+frames in [-1, 1] shaped like inputs["current"]; `calls(T)` is its network calls per frame. It
+reads the process only through `Diffusion` (schedule, posterior, the clipped x0/eps estimate).
+
+    DDPM  ancestral sampling through all T training timesteps (Ho et al. 2020).
+    DDIM  a chosen subset of `steps` timesteps (Song et al. 2021), deterministic with eta = 0,
+          "trailing" spacing (Lin et al. 2024): it starts at t = T-1 and its last network call is
+          at t = T/steps - 1, not at t = 0, where a call would change almost nothing.
+
+SAMPLERS is the one list of samplers: `SamplerConfig` (kitchen_lib.model.diffusion) picks from
+it by name, and the CLI's --sampler choices, the demo's buttons and a test of the README read it.
+Adding a sampler is a subclass of `Sampler` and `@register_sampler` above it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # diffusion.py imports this module for the registry; typing only, no cycle
+    from kitchen_lib.model.diffusion import Denoiser, Diffusion
+
+DEFAULT_DDIM_STEPS = 10  # what SamplerConfig() means by "DDIM" (chosen with bench/quality.py)
+
+
+class Sampler:
+    """The interface: a name, its settings from a `SamplerConfig`, a cost and the sampling itself."""
+
+    name: ClassVar[str]  # its --sampler value and registry key
+    takes_steps: ClassVar[bool] = False  # whether SamplerConfig.steps means anything to it (the demo's slider)
+
+    @classmethod
+    def from_config(cls, steps: int | None, eta: float) -> Sampler:
+        """The sampler these settings describe; refuses settings it does not take."""
+        if steps is not None:
+            raise ValueError(f"--sampling_steps (--steps) is not a setting of {cls.name}")
+        return cls()
+
+    def calls(self, timesteps: int) -> int:
+        """Network calls per sampled frame for a process with `timesteps` training timesteps."""
+        raise NotImplementedError
+
+    def __call__(self, diffusion: Diffusion, net: Denoiser, inputs: dict[str, torch.Tensor],
+                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Future frames in [-1, 1] for a batch of inputs, from pure noise drawn with `generator`."""
+        raise NotImplementedError
+
+
+SAMPLERS: dict[str, type[Sampler]] = {}
+
+
+def register_sampler(cls: type[Sampler]) -> type[Sampler]:
+    """Class decorator: make `cls` a sampler known by its `name` everywhere."""
+    if cls.name in SAMPLERS:
+        raise ValueError(f"a sampler named {cls.name!r} is already registered ({SAMPLERS[cls.name].__name__})")
+    SAMPLERS[cls.name] = cls
+    return cls
+
+
+def pure_noise(net: Denoiser, current: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Where every sampler starts: N(0, I) shaped like the network's output for this batch."""
+    channels = getattr(net, "out_channels", current.shape[1])
+    return torch.randn((current.shape[0], channels, *current.shape[2:]), device=current.device, generator=generator)
+
+
+def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
+    """The `steps` of `timesteps` training timesteps DDIM visits, "trailing": T-1 first, evenly spaced, none repeated."""
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"DDIM steps must be between 1 and {timesteps} (got {steps})")
+    return [round(timesteps - i * timesteps / steps) - 1 for i in range(steps)]
+
+
+@register_sampler
+@dataclass(frozen=True)
+class DDIM(Sampler):
+    """DDIM through `steps` of the T steps (eta=0: deterministic, eta=1: DDPM-like noise)."""
+
+    steps: int
+    eta: float
+    name: ClassVar[str] = "ddim"
+    takes_steps: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, steps: int | None, eta: float) -> DDIM:
+        if steps is not None and steps < 1:
+            raise ValueError(f"--sampling_steps (--steps) must be at least 1 (got {steps})")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"--eta must be in [0, 1] (got {eta})")
+        return cls(DEFAULT_DDIM_STEPS if steps is None else steps, eta)
+
+    def calls(self, timesteps: int) -> int:
+        return self.steps
+
+    @torch.no_grad()
+    def __call__(self, diffusion: Diffusion, net: Denoiser, inputs: dict[str, torch.Tensor],
+                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        current = inputs["current"]
+        x = pure_noise(net, current, generator)
+        ts = ddim_timesteps(diffusion.T, self.steps)
+        for i, t in enumerate(tqdm(ts, desc=f"DDIM-{self.steps}", disable=not progress, leave=False)):
+            _, x0, eps = diffusion.estimate(net, x, t, inputs)
+            ab = float(diffusion.alpha_bar[t])
+            ab_prev = float(diffusion.alpha_bar[ts[i + 1]]) if i + 1 < len(ts) else 1.0
+            sigma = self.eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+            x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, device=x.device, generator=generator)
+        return diffusion.to_frame(x, current)
+
+
+@register_sampler
+@dataclass(frozen=True)
+class DDPM(Sampler):
+    """Ancestral sampling through all T steps."""
+
+    name: ClassVar[str] = "ddpm"
+
+    @classmethod
+    def from_config(cls, steps: int | None, eta: float) -> DDPM:
+        if steps is not None:
+            raise ValueError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
+                             "(--sampling_steps is the same flag)")
+        return cls()
+
+    def calls(self, timesteps: int) -> int:
+        return timesteps
+
+    @torch.no_grad()
+    def __call__(self, diffusion: Diffusion, net: Denoiser, inputs: dict[str, torch.Tensor],
+                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        current = inputs["current"]
+        x = pure_noise(net, current, generator)
+        for t in tqdm(range(diffusion.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
+            tt, x0, _ = diffusion.estimate(net, x, t, inputs)
+            mean, std = diffusion.posterior(x0, x, tt)
+            if t > 0:
+                x = mean + std * torch.randn(x.shape, device=x.device, generator=generator)
+            else:
+                x = mean
+        return diffusion.to_frame(x, current)
