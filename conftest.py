@@ -31,7 +31,7 @@ def small_dataset() -> str:
 
 @pytest.fixture(scope="session")
 def small_pairs(small_dataset):
-    from kitchen_lib.data.cache import build_pairs
+    from kitchen_lib.data.cache_builder import build_pairs
     from kitchen_lib.data.pairs import PairsConfig
 
     return build_pairs(PairsConfig(dataset=small_dataset, k=5, size=32), progress=False)

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 
-from kitchen_lib.data.cache import build_pairs  # noqa: E402
+from kitchen_lib.data.cache_builder import build_pairs  # noqa: E402
 from kitchen_lib.inference.evaluate import evaluate  # noqa: E402
 from kitchen_lib.inference.predictor import load_predictor  # noqa: E402
-from kitchen_lib.model.diffusion import SamplerConfig  # noqa: E402
+from kitchen_lib.model.samplers import SamplerConfig  # noqa: E402
 from kitchen_lib.training.config import preset, with_overrides  # noqa: E402
 from kitchen_lib.training.trainer import Trainer  # noqa: E402
 

@@ -63,7 +63,8 @@ def main() -> None:
     # top level, and should hold no more than the CLI's workers do (no torch).
     from _common import machine
 
-    from kitchen_lib.data.cache import build_pairs, load_cache
+    from kitchen_lib.data.cache import load_cache
+    from kitchen_lib.data.cache_builder import build_pairs
     from kitchen_lib.data.datasets import is_local
     from kitchen_lib.data.generate import generate_dataset
     from kitchen_lib.data.pairs import PairsConfig

@@ -40,11 +40,11 @@ import torch  # noqa: E402
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 
 from kitchen_lib.base.paths import atomic_path, data_dir  # noqa: E402
-from kitchen_lib.data.cache import build_pairs  # noqa: E402
+from kitchen_lib.data.cache_builder import build_pairs  # noqa: E402
 from kitchen_lib.inference.evaluate import evaluate, format_table, plot_time_to_quality  # noqa: E402
 from kitchen_lib.inference.predictor import load_predictor  # noqa: E402
 from kitchen_lib.inference.rollout import mean_rollouts  # noqa: E402
-from kitchen_lib.model.diffusion import SamplerConfig  # noqa: E402
+from kitchen_lib.model.samplers import SamplerConfig  # noqa: E402
 from kitchen_lib.training.config import preset, with_overrides  # noqa: E402
 from kitchen_lib.training.trainer import Trainer  # noqa: E402
 

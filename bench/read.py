@@ -30,7 +30,8 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from _common import machine, table, write_json  # noqa: E402
 
-from kitchen_lib.data.cache import build_pairs, load_cache  # noqa: E402
+from kitchen_lib.data.cache import load_cache  # noqa: E402
+from kitchen_lib.data.cache_builder import build_pairs  # noqa: E402
 from kitchen_lib.data.examples import ConditioningConfig, ExampleSet  # noqa: E402
 from kitchen_lib.data.pairs import PairsConfig  # noqa: E402
 

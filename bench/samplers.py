@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine, table, write_json  # noqa: E402
 
-from kitchen_lib.data.cache import build_pairs  # noqa: E402
+from kitchen_lib.data.cache_builder import build_pairs  # noqa: E402
 from kitchen_lib.inference.evaluate import evaluate, load_with_regression  # noqa: E402
 from kitchen_lib.inference.rollout import mean_rollouts  # noqa: E402
-from kitchen_lib.model.diffusion import SamplerConfig  # noqa: E402
+from kitchen_lib.model.samplers import SamplerConfig  # noqa: E402
 
 
 def seconds_per_frame(predictor, one: dict, sampler: SamplerConfig) -> float:

@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import machine, table, write_json  # noqa: E402
 
-from kitchen_lib.model.diffusion import Diffusion, SamplerConfig  # noqa: E402
+from kitchen_lib.model.diffusion import Diffusion  # noqa: E402
+from kitchen_lib.model.samplers import SamplerConfig  # noqa: E402
 from kitchen_lib.model.unet import ConditionalUNet, channels_last, count_parameters  # noqa: E402
 from kitchen_lib.training.config import preset  # noqa: E402
 
@@ -46,14 +47,15 @@ def train_throughput(model: torch.nn.Module, batch: int, channels: int, size: in
     d = Diffusion(preset("cpu").diffusion)
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x0, cond = (torch.randn(batch, channels, size, size, device=device) for _ in range(2))
-    call = call if call is not None else (lambda xt, t, c: model(xt, t, c))
+    x0, current = (torch.randn(batch, channels, size, size, device=device) for _ in range(2))
+    inputs = {"current": current}
+    call = call if call is not None else model
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
 
     def one():
         with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = d.training_loss(call, x0, cond)
+            loss = d.training_loss(call, inputs, x0)
         opt.zero_grad()
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -96,7 +98,7 @@ def diffusers_peer(rc, last: bool):
     if last:
         net = channels_last(net)
     fmt = torch.channels_last if last else torch.contiguous_format
-    return net, (lambda xt, t, c: net(torch.cat([xt, c], 1).contiguous(memory_format=fmt), t).sample)
+    return net, (lambda xt, t, inputs: net(torch.cat([xt, inputs["current"]], 1).contiguous(memory_format=fmt), t).sample)
 
 
 def unet(rc) -> ConditionalUNet:
@@ -130,13 +132,13 @@ def sampling_time(sampler: SamplerConfig, device: str = "cpu") -> float:
     rc = preset("cpu")
     net = channels_last(unet(rc)).eval().to(device)
     d = Diffusion(rc.diffusion)
-    cond = torch.zeros(1, rc.data.channels, rc.data.size, rc.data.size, device=device)
+    inputs = {"current": torch.zeros(1, rc.data.channels, rc.data.size, rc.data.size, device=device)}
     g = torch.Generator(device=device).manual_seed(0)
-    d.sample(net, cond, SamplerConfig("ddim", 3), generator=g)  # warm-up
+    SamplerConfig("ddim", 3).build()(d, net, inputs, generator=g)  # warm-up
     best = float("inf")
     for _ in range(1 if sampler.name == "ddpm" else 3):
         t0 = time.perf_counter()
-        d.sample(net, cond, sampler, generator=g)
+        sampler.build()(d, net, inputs, generator=g)
         if device == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)

@@ -23,7 +23,7 @@ def _inputs(io):
 
 def test_the_smoke_world_fixture_predicts_its_recorded_outputs_bit_for_bit():
     from kitchen_lib.inference.predictor import load_predictor
-    from kitchen_lib.model.diffusion import SamplerConfig
+    from kitchen_lib.model.samplers import SamplerConfig
 
     p = load_predictor(CHECKPOINT, device="cpu")
     assert p.config.preset == "smoke-world" and p.config.conditioning.context_frames == 2
@@ -38,7 +38,7 @@ def test_the_smoke_world_fixture_rolls_out_as_it_did():
     from kitchen_lib.data.examples import Episode
     from kitchen_lib.inference.predictor import load_predictor
     from kitchen_lib.inference.rollout import rollout
-    from kitchen_lib.model.diffusion import SamplerConfig
+    from kitchen_lib.model.samplers import SamplerConfig
 
     p = load_predictor(CHECKPOINT, device="cpu")
     io = _io()

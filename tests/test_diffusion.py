@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kitchen_lib.model.diffusion import Diffusion, DiffusionConfig, SamplerConfig, _gather
-from kitchen_lib.model.samplers import DDIM, DDPM, DEFAULT_DDIM_STEPS, ddim_timesteps
+from kitchen_lib.model.diffusion import Diffusion, DiffusionConfig, _gather
+from kitchen_lib.model.samplers import DDIM, DDPM, DEFAULT_DDIM_STEPS, SamplerConfig, ddim_timesteps
 
 
 def test_linear_schedule_endpoints_and_monotone():
@@ -94,9 +94,9 @@ def test_bad_settings_are_refused():
         Diffusion(DiffusionConfig(loss_weighting="p2"))
     d = Diffusion()
     with pytest.raises(ValueError, match="DDPM runs all"):
-        d.sample(lambda x, t, c: x, {"current": torch.zeros(1, 3, 4, 4)}, SamplerConfig("ddpm", steps=10))
+        SamplerConfig("ddpm", steps=10).build()
     with pytest.raises(ValueError, match="unknown sampler"):
-        d.sample(lambda x, t, c: x, {"current": torch.zeros(1, 3, 4, 4)}, SamplerConfig("euler"))
+        SamplerConfig("euler").build()
     assert SamplerConfig().calls(1000) == DEFAULT_DDIM_STEPS and SamplerConfig("ddpm").calls(1000) == 1000
     assert SamplerConfig(steps=4).label(1000) == "DDIM-4"
     with pytest.raises(ValueError, match="DDIM steps"):

@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio
 
-from kitchen_lib.data.cache import build_pairs
+from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.pairs import PairsConfig
 from kitchen_lib.inference.evaluate import evaluate
 from kitchen_lib.inference.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map
 from kitchen_lib.inference.predictor import load_predictor, pairs_for
 from kitchen_lib.inference.rollout import rollout, save_animation
-from kitchen_lib.model.diffusion import SamplerConfig
+from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.training.checkpoint import CheckpointError
 from kitchen_lib.training.config import preset, with_overrides
 from kitchen_lib.training.runs import regression_beside

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kitchen_lib.base.example import inputs_of
-from kitchen_lib.data.cache import FRAME_ARRAYS, build_pairs
+from kitchen_lib.data.cache import FRAME_ARRAYS
+from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.datasets import load_episode
 from kitchen_lib.data.examples import (
     ACTION_DIM,
@@ -80,7 +81,7 @@ def test_training_evaluation_the_demo_and_a_rollout_give_the_model_the_same_tens
     from kitchen_lib.inference.evaluate import evaluate
     from kitchen_lib.inference.predictor import Predictor
     from kitchen_lib.inference.rollout import rollout_episode
-    from kitchen_lib.model.diffusion import SamplerConfig
+    from kitchen_lib.model.samplers import SamplerConfig
 
     cfg = with_overrides(preset("smoke-world"), data={"dataset": small_dataset}, conditioning={"context_frames": 2})
     model = build_model(cfg).eval()
@@ -171,7 +172,7 @@ def test_world_preset_trains_predicts_and_evaluates_with_shuffled_actions(small_
     from kitchen_lib.inference.evaluate import evaluate
     from kitchen_lib.inference.predictor import load_predictor
     from kitchen_lib.inference.rollout import rollout
-    from kitchen_lib.model.diffusion import SamplerConfig
+    from kitchen_lib.model.samplers import SamplerConfig
     from kitchen_lib.training.trainer import train
 
     smoke = preset("smoke")

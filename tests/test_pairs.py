@@ -10,7 +10,8 @@ import torch
 
 from kitchen_lib.base.images import to_grayscale
 from kitchen_lib.base.paths import data_dir
-from kitchen_lib.data.cache import CacheError, build_pairs, cache_dir_for, load_cache
+from kitchen_lib.data.cache import CacheError, load_cache
+from kitchen_lib.data.cache_builder import build_pairs, cache_dir_for
 from kitchen_lib.data.datasets import iter_episodes
 from kitchen_lib.data.examples import ConditioningConfig, ExampleSet, gather
 from kitchen_lib.data.pairs import PairsConfig, pair_steps, split_episodes

@@ -19,7 +19,8 @@ import torch
 
 from kitchen_lib.base.locks import clean_stale, folder_lock
 from kitchen_lib.base.paths import data_dir
-from kitchen_lib.data.cache import CacheError, _build, _used_lengths, cache_dir_for, load_cache
+from kitchen_lib.data.cache import CacheError, load_cache
+from kitchen_lib.data.cache_builder import _build, _used_lengths, cache_dir_for
 from kitchen_lib.data.datasets import store_path
 from kitchen_lib.data.pairs import PairsConfig
 from kitchen_lib.frontend.cli import main

@@ -198,7 +198,7 @@ def test_a_checkpoint_saved_before_the_config_moved_still_loads_and_predicts_the
     """tests/fixtures/legacy_checkpoint.pt was written by the code of commit 58b9570 (U-Net size and
     pixel attention in the model config, train.sample_steps); the npz holds its DDIM-3 outputs then."""
     from kitchen_lib.inference.predictor import load_predictor
-    from kitchen_lib.model.diffusion import SamplerConfig
+    from kitchen_lib.model.samplers import SamplerConfig
 
     p = load_predictor(FIXTURES / "legacy_checkpoint.pt")
     assert p.config.model.attention_levels == (1,) and p.config.data.size == 16 and p.objective == "diffusion"

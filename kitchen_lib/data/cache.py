@@ -1,5 +1,5 @@
-"""The pairs cache: `PairsCache`, built once per config (streaming, all cores) by `build_pairs`,
-then memory-mapped. `build_pairs` is its one writer, under the folder's lock.
+"""The pairs cache: `PairsCache`, built once per config by `build_pairs` (its one writer, in
+kitchen_lib.data.cache_builder), then memory-mapped.
 
 Cache layout, one folder per config under `data/pairs/`, named by a hash of the config:
     frames.npy   (F, H, W, C) uint8, every frame of every used episode, episode after episode
@@ -14,26 +14,14 @@ per-frame arrays existed gets them on its next `build_pairs`, read from the epis
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
-import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from kitchen_lib.base.images import to_grayscale
-from kitchen_lib.base.locks import clean_stale, folder_lock, owner_tag, user_file_mode
-from kitchen_lib.base.paths import atomic_path, data_dir
-from kitchen_lib.data.datasets import episode_lengths, fingerprint, iter_episodes
-from kitchen_lib.data.kitchen import state_from_observation
-from kitchen_lib.data.pairs import SPLITS, PairsConfig, pair_steps, split_episodes, spread
-from kitchen_lib.data.render import render_chunks
+from kitchen_lib.data.pairs import SPLITS, PairsConfig, spread
 
 CACHE_FORMAT = 1
 # The per-frame arrays beside frames.npy: name -> (columns, dtype), each row read from one observation.
@@ -145,21 +133,6 @@ class PairsCache:
         }
 
 
-def _cache_key(cfg: PairsConfig, lengths: list[int]) -> dict:
-    return {"format": CACHE_FORMAT, "config": asdict(cfg), "dataset_fingerprint": fingerprint(cfg.dataset), "lengths": lengths}
-
-
-def cache_dir_for(cfg: PairsConfig, root: Path | None = None) -> Path:
-    lengths = _used_lengths(cfg)
-    digest = hashlib.sha256(json.dumps(_cache_key(cfg, lengths), sort_keys=True).encode()).hexdigest()[:16]
-    return (root or data_dir() / "pairs") / f"pairs-{digest}"
-
-
-def _used_lengths(cfg: PairsConfig) -> list[int]:
-    lengths = episode_lengths(cfg.dataset)
-    return lengths[: cfg.max_episodes] if cfg.max_episodes else lengths
-
-
 def load_cache(path: Path, cfg: PairsConfig | None = None) -> PairsCache:
     """Open a cache folder, checking it is whole and (if given) made for `cfg`."""
     path = Path(path)
@@ -208,137 +181,3 @@ def _check_meta(meta: dict, shape: tuple, path: Path, fix: str) -> None:
         raise CacheError(f"pairs cache {path} has an inconsistent meta.json ({e}). {fix}") from e
 
 
-def build_pairs(
-    cfg: PairsConfig, root: Path | None = None, force: bool = False, workers: int | None = None, progress: bool = True,
-) -> PairsCache:
-    """Load the cache for `cfg`, building it first if needed (streaming, all cores)."""
-    cfg.validate()
-    lengths = _used_lengths(cfg)
-    if not lengths:
-        raise ValueError(f"{cfg.dataset} has no episodes")
-    if cfg.k >= max(lengths):
-        raise ValueError(
-            f"k={cfg.k} is not shorter than any episode of {cfg.dataset} (the longest has {max(lengths)} steps): "
-            f"choose k < {max(lengths)}"
-        )
-    path = cache_dir_for(cfg, root)
-    if path.exists() and not force and _complete(path):
-        return load_cache(path, cfg)
-    # One builder per cache: a second process asking for the same pairs waits, then reuses them.
-    say = (lambda holder: print(f"waiting for {holder}, which is building these pairs ({path.name})", flush=True)) \
-        if progress else None
-    with folder_lock(path.parent, f"the pairs cache {path.name}", wait=True, on_wait=say, name=f".{path.name}.lock"):
-        if path.exists() and not force:
-            cache = load_cache(path, cfg)
-            _add_frame_arrays(cache)  # a cache built before they existed
-            return cache
-        clean_stale(path.parent)  # what killed builds left behind
-        _build(cfg, path, lengths, workers, progress)
-    return load_cache(path, cfg)
-
-
-def _complete(path: Path) -> bool:
-    return all((path / f"{name}.npy").is_file() for name in FRAME_ARRAYS)
-
-
-def _frame_arrays(observations: np.ndarray, actions: np.ndarray) -> dict[str, np.ndarray]:
-    """One episode's per-frame arrays (FRAME_ARRAYS), (T+1, columns) each."""
-    acts = np.zeros((len(observations), 9), np.float32)
-    acts[: len(actions)] = actions[: len(observations) - 1]
-    qpos = np.stack([state_from_observation(o)[0] for o in observations])
-    return {"actions": acts, "proprio": observations[:, :9].astype(np.float32), "objects": qpos[:, 9:]}
-
-
-def _save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    for name, rows in arrays.items():
-        with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, rows, allow_pickle=False)
-
-
-def _add_frame_arrays(cache: PairsCache) -> None:
-    """Write the per-frame arrays a cache lacks (the caller holds the cache's lock)."""
-    missing = [name for name in FRAME_ARRAYS if not (cache.path / f"{name}.npy").is_file()]
-    if not missing:
-        return
-    out = {name: np.zeros((len(cache.frames), FRAME_ARRAYS[name][0]), FRAME_ARRAYS[name][1]) for name in missing}
-    counts = {e["index"]: e["num_frames"] for e in cache.meta["episodes"]}
-    for ep in iter_episodes(cache.meta["config"]["dataset"], sorted(counts)):
-        rows = cache.episode_rows(ep.index)
-        arrays = _frame_arrays(ep.observations[: counts[ep.index]], ep.actions)
-        for name in missing:
-            out[name][rows] = arrays[name]
-    _save_arrays(cache.path, out)
-
-
-def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None, progress: bool) -> None:
-    usable = [i for i, n in enumerate(lengths) if n > cfg.k]
-    if len(usable) < len(lengths):
-        warnings.warn(f"{len(lengths) - len(usable)} episodes of {cfg.dataset} are not longer than k={cfg.k} and are left out", stacklevel=3)
-    splits = split_episodes(len(usable), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    split_of = {usable[j]: s for s, js in splits.items() for j in js}
-    t0 = time.time()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{owner_tag()}", dir=path.parent))
-    try:
-        meta = _write_cache(tmp, cfg, lengths, usable, split_of, workers, progress)
-        meta["build_seconds"] = round(time.time() - t0, 2)
-        _write_json(tmp / "meta.json", meta)
-        os.chmod(tmp, user_file_mode(directory=True))  # mkdtemp's 0700 would outlive the rename
-        if path.exists():  # force: move the old cache aside only once the new one is whole
-            old = tmp.with_name(tmp.name + "-old")  # carries the owner tag: swept if we die here
-            path.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, separators=(",", ":"))
-
-
-def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -> dict:
-    from tqdm.auto import tqdm
-
-    num_frames = sum(lengths[i] + 1 for i in usable)
-    shape = (num_frames, cfg.size, cfg.size, cfg.channels)
-    episodes, pairs = [], {s: [] for s in SPLITS}
-    first = 0
-    for i in usable:
-        episodes.append({"index": i, "split": split_of[i], "first_frame": first, "num_frames": lengths[i] + 1})
-        pairs[split_of[i]] += [[i, int(t)] for t in pair_steps(lengths[i], cfg.k)]
-        first += lengths[i] + 1
-
-    arrays = {name: np.zeros((num_frames, cols), dtype) for name, (cols, dtype) in FRAME_ARRAYS.items()}
-    first_of = {e["index"]: e["first_frame"] for e in episodes}
-
-    def jobs():
-        # Episodes are read one at a time and cut into small chunks for the workers; their
-        # per-frame arrays are taken on the way, so the episodes are read once.
-        for ep in iter_episodes(cfg.dataset, usable):
-            f0 = first_of[ep.index]
-            for name, rows in _frame_arrays(ep.observations, ep.actions).items():
-                arrays[name][f0 : f0 + len(rows)] = rows
-            for s in range(0, len(ep.observations), 64):
-                yield (ep.index, s), ep.observations[s : s + 64]
-
-    # Written straight to the file (not through a memory map), so memory stays flat.
-    with open(tmp / "frames.npy", "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
-        bar = tqdm(total=num_frames, desc=f"render {cfg.size}px {cfg.quality}", unit="frame", disable=not progress)
-        for _, frames in render_chunks(jobs(), cfg.size, cfg.quality, workers):
-            if cfg.grayscale:
-                frames = to_grayscale(frames)
-            f.write(np.ascontiguousarray(frames).tobytes())
-            bar.update(len(frames))
-        bar.close()
-    _save_arrays(tmp, arrays)
-    return {
-        "format": CACHE_FORMAT,
-        "config": asdict(cfg),
-        "dataset_fingerprint": fingerprint(cfg.dataset),
-        "frames_shape": list(shape),
-        "episodes": episodes,
-        "splits": {s: [e["index"] for e in episodes if e["split"] == s] for s in SPLITS},
-        "pairs": pairs,
-    }

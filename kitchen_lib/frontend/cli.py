@@ -59,7 +59,7 @@ def _config_with_dataset(a: argparse.Namespace):
 
 
 def cmd_pairs(a: argparse.Namespace) -> None:
-    from kitchen_lib.data.cache import build_pairs
+    from kitchen_lib.data.cache_builder import build_pairs
     from kitchen_lib.frontend.quickstart import format_pairs_summary
 
     cfg = _config_with_dataset(a)

@@ -22,15 +22,9 @@ from kitchen_lib.data.examples import ConditioningConfig
 from kitchen_lib.data.generate import GenerateConfig
 from kitchen_lib.data.pairs import PairsConfig
 from kitchen_lib.data.render import QUALITIES
-from kitchen_lib.model.diffusion import (
-    LOSS_WEIGHTINGS,
-    PREDICTIONS,
-    SCHEDULES,
-    DiffusionConfig,
-    SamplerConfig,
-)
+from kitchen_lib.model.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES, DiffusionConfig
 from kitchen_lib.model.frame_model import OBJECTIVES
-from kitchen_lib.model.samplers import SAMPLERS
+from kitchen_lib.model.samplers import SAMPLERS, SamplerConfig
 from kitchen_lib.model.unet import UNetConfig
 from kitchen_lib.training.config import RunConfig, TrainConfig, preset, with_overrides
 

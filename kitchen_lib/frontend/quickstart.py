@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kitchen_lib.base.images import save_png
-from kitchen_lib.data.cache import build_pairs
+from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.datasets import is_local
 from kitchen_lib.data.generate import generate_dataset
 from kitchen_lib.inference.baselines import copy_baseline

@@ -15,8 +15,7 @@ from kitchen_lib.base.images import difference_image, png_bytes
 from kitchen_lib.data.examples import gather
 from kitchen_lib.inference.baselines import copy_frame
 from kitchen_lib.inference.metrics import capped_psnr
-from kitchen_lib.model.diffusion import SamplerConfig
-from kitchen_lib.model.samplers import DEFAULT_DDIM_STEPS, SAMPLERS
+from kitchen_lib.model.samplers import DEFAULT_DDIM_STEPS, SAMPLERS, SamplerConfig
 
 
 def sized_image(height: int, width: int, scale: int, fmt: str = "png") -> widgets.Image:

@@ -39,7 +39,7 @@ from kitchen_lib.data.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES
 from kitchen_lib.inference.baselines import copy_frame
 from kitchen_lib.inference.metrics import frame_scores, summarise
 from kitchen_lib.inference.predictor import Predictor, load_predictor
-from kitchen_lib.model.diffusion import SamplerConfig
+from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.training.runs import regression_beside
 
 # A task "moves" in a pair when its joints change by more than this between t and t+k.

@@ -11,10 +11,11 @@ import torch
 from kitchen_lib.base.device import pick_device
 from kitchen_lib.base.example import inputs_of, to_tensors
 from kitchen_lib.base.images import image_grid, to_image
-from kitchen_lib.data.cache import PairsCache, build_pairs
+from kitchen_lib.data.cache import PairsCache
+from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.examples import ConditioningConfig, VectorLayout, gather
-from kitchen_lib.model.diffusion import SamplerConfig
 from kitchen_lib.model.frame_model import FrameModel
+from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.model.unet import channels_last
 from kitchen_lib.training.checkpoint import CheckpointError, load_checkpoint
 from kitchen_lib.training.config import RunConfig, build_model

@@ -18,7 +18,7 @@ from kitchen_lib.data.cache import PairsCache
 from kitchen_lib.data.examples import Episode, gather
 from kitchen_lib.inference.metrics import capped_psnr
 from kitchen_lib.inference.predictor import Predictor
-from kitchen_lib.model.diffusion import SamplerConfig
+from kitchen_lib.model.samplers import SamplerConfig
 
 
 @dataclass

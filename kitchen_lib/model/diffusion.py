@@ -21,7 +21,7 @@ Two options change what is diffused and how it is weighted:
 
 The samplers that run the reverse process (DDPM, DDIM, ...) are classes in
 kitchen_lib.model.samplers, named in its registry; `SamplerConfig` (saved in every checkpoint)
-picks one by name, and `Diffusion.sample` runs it. Diffusion gives them the schedule, the
+picks one by name. Diffusion gives them the schedule, the
 posterior q(x_{t-1} | x_t, x_0) and the clipped x0/eps estimate they share.
 """
 
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 import torch
 
 from kitchen_lib.base.global_batch import global_shape, own_rows
-from kitchen_lib.model.samplers import SAMPLERS, Sampler
 
 PREDICTIONS = ("eps", "v", "x0")
 SCHEDULES = ("linear", "cosine")
@@ -77,34 +76,6 @@ class DiffusionConfig:
             raise ValueError(f"--timesteps must be at least 2 (got {self.timesteps})")
         if not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1 (got {self.beta_start}, {self.beta_end})")
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How to sample: a registered sampler's name and its settings (kitchen_lib.model.samplers).
-
-    DDPM always walks all T training timesteps; DDIM takes `steps` of them (DEFAULT_DDIM_STEPS unless told)."""
-
-    name: str = "ddim"  # a registered sampler: ddim, ddpm, ...
-    steps: int | None = None  # sampling steps; None: DEFAULT_DDIM_STEPS for DDIM, all T for DDPM
-    eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
-
-    def validate(self) -> None:
-        self.build()
-
-    def build(self) -> Sampler:
-        """The sampler object these settings describe (its class checks them)."""
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}: choose one of {tuple(SAMPLERS)}")
-        return SAMPLERS[self.name].from_config(self.steps, self.eta)
-
-    def calls(self, timesteps: int) -> int:
-        """Network calls per sampled frame for a process with `timesteps` training timesteps."""
-        return self.build().calls(timesteps)
-
-    def label(self, timesteps: int) -> str:
-        """E.g. "DDIM-10" or "DDPM-1000"."""
-        return f"{self.name.upper()}-{self.calls(timesteps)}"
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -237,9 +208,3 @@ class Diffusion:
         """Mean and standard deviation of q(x_{t-1} | x_t, x_0)."""
         mean = _gather(self.posterior_c0, t) * x0 + _gather(self.posterior_ct, t) * x_t
         return mean, (0.5 * _gather(self.posterior_logvar, t)).exp()
-
-    def sample(self, model: Denoiser, inputs: dict[str, torch.Tensor], sampler: SamplerConfig,
-               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """Predict future frames for a batch of inputs (current frames (B, C, H, W) in [-1, 1], ...),
-        from pure noise, with the sampler `sampler` names."""
-        return sampler.build()(self, model, inputs, generator, progress)

@@ -22,7 +22,8 @@ from torch import nn
 
 from kitchen_lib.base.example import TARGET, inputs_of
 from kitchen_lib.base.global_batch import global_shape, own_rows
-from kitchen_lib.model.diffusion import Diffusion, DiffusionConfig, SamplerConfig
+from kitchen_lib.model.diffusion import Diffusion, DiffusionConfig
+from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.model.unet import ConditionalUNet, UNetConfig
 
 OBJECTIVES = ("diffusion", "regression")
@@ -69,7 +70,7 @@ class FrameModel(nn.Module):
         inputs = inputs_of(inputs)
         if self.objective == "regression":
             return self._regress(inputs).clamp(-1, 1)  # deterministic: the sampler does not apply
-        return self.diffusion.sample(self.net, inputs, sampler, generator=generator, progress=progress)
+        return sampler.build()(self.diffusion, self.net, inputs, generator=generator, progress=progress)
 
     @torch.no_grad()
     def predict_x0(self, inputs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:

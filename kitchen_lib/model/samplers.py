@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:  # diffusion.py imports this module for the registry; typing only, no cycle
-    from kitchen_lib.model.diffusion import Denoiser, Diffusion
+from kitchen_lib.model.diffusion import Denoiser, Diffusion
 
 DEFAULT_DDIM_STEPS = 10  # what SamplerConfig() means by "DDIM" (chosen with bench/quality.py)
 
@@ -144,3 +143,33 @@ class DDPM(Sampler):
             else:
                 x = mean
         return diffusion.to_frame(x, current)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample: a registered sampler's name and its settings (kitchen_lib.model.samplers).
+
+    DDPM always walks all T training timesteps; DDIM takes `steps` of them (DEFAULT_DDIM_STEPS unless told)."""
+
+    name: str = "ddim"  # a registered sampler: ddim, ddpm, ...
+    steps: int | None = None  # sampling steps; None: DEFAULT_DDIM_STEPS for DDIM, all T for DDPM
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
+
+    def validate(self) -> None:
+        if not 0 <= self.eta <= 1:  # for every sampler: a checkpoint's config may be handed to another
+            raise ValueError(f"--eta must be in [0, 1] (got {self.eta})")
+        self.build()
+
+    def build(self) -> Sampler:
+        """The sampler object these settings describe (its class checks them)."""
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}: choose one of {tuple(SAMPLERS)}")
+        return SAMPLERS[self.name].from_config(self.steps, self.eta)
+
+    def calls(self, timesteps: int) -> int:
+        """Network calls per sampled frame for a process with `timesteps` training timesteps."""
+        return self.build().calls(timesteps)
+
+    def label(self, timesteps: int) -> str:
+        """E.g. "DDIM-10" or "DDPM-1000"."""
+        return f"{self.name.upper()}-{self.calls(timesteps)}"

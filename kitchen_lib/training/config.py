@@ -26,8 +26,9 @@ from kitchen_lib.data.datasets import SMOKE_DATASET_ID
 from kitchen_lib.data.examples import ConditioningConfig
 from kitchen_lib.data.generate import GenerateConfig
 from kitchen_lib.data.pairs import PairsConfig
-from kitchen_lib.model.diffusion import DiffusionConfig, SamplerConfig
+from kitchen_lib.model.diffusion import DiffusionConfig
 from kitchen_lib.model.frame_model import OBJECTIVES, FrameModel
+from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.model.unet import UNetConfig
 from kitchen_lib.training.checkpoint import CheckpointError, config_differences
 from kitchen_lib.training.distributed import launch_command

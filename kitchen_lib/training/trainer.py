@@ -23,7 +23,7 @@ from torch.utils.data import BatchSampler
 from kitchen_lib.base.example import to_tensors
 from kitchen_lib.base.images import image_grid, to_image
 from kitchen_lib.base.locks import claim_folder
-from kitchen_lib.data.cache import build_pairs
+from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.examples import ExampleSet, gather
 from kitchen_lib.model.unet import channels_last, count_parameters
 from kitchen_lib.training import distributed, divergence, run_state, runlog
