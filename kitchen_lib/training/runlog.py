@@ -64,9 +64,9 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
         tmp.write_text("".join(line + "\n" for line in keep))
 
 
-def add_graph(writer, net: torch.nn.Module, example: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Trace the network once for TensorBoard's graph tab, on one example pair (a dataset item)."""
-    ex = {k: v[None].to(device) for k, v in example.items()}
+def add_graph(writer, net: torch.nn.Module, ex: dict[str, torch.Tensor]) -> None:
+    """Trace the network once for TensorBoard's graph tab, on a batch of one pair (on the net's device)."""
+    device = ex["current"].device
     inputs = (torch.zeros_like(ex["current"]), torch.zeros(1, dtype=torch.long, device=device), ex["current"],
               *[ex[k] for k in ("context", "vector") if k in ex])
     if "vector" in ex and "context" not in ex:  # the vector is the fifth argument
