@@ -229,3 +229,51 @@ def test_learning_rate_warms_up_then_decays_to_its_floor_by_the_step_asked():
     assert np.all(np.diff(f[decay.warmup_steps:]) <= 1e-12)  # never rises again
     assert f[550] == pytest.approx(0.55, abs=1e-6)  # half way down the cosine
     assert np.allclose(f[1000:], 0.1)
+
+
+def test_a_trainer_trains_the_model_and_data_sets_it_is_handed(small_pairs, small_dataset, tmp_path):
+    from kitchen_lib.data.cache_builder import build_pairs
+    from kitchen_lib.data.examples import ExampleSet
+    from kitchen_lib.inference.predictor import load_predictor
+
+    cfg = with_overrides(preset("smoke-world"), data={"dataset": small_dataset},
+                         train={"checkpoint_dir": str(tmp_path), "tensorboard_dir": str(tmp_path / "tb"), "epochs": 1})
+    cache = build_pairs(cfg.data, root=cfg.root() / "pairs", progress=False)
+    # Handed the val split to train on: its vector statistics, not the config's train split's, must be used.
+    train_set, val_set = (ExampleSet(cache, cache.pairs(split), cfg.conditioning) for split in ("val", "test"))
+    mean, std = train_set.vector_stats()
+    assert not np.allclose(mean, ExampleSet(cache, cache.pairs("train"), cfg.conditioning).vector_stats()[0])
+    torch.manual_seed(cfg.train.seed + 99)  # another init than the Trainer's own
+    model = build_model(cfg)
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    trainer = Trainer(cfg, progress=False, model=model, train_set=train_set, val_set=val_set)
+    assert trainer.model is model and trainer.train_set is train_set
+    assert torch.equal(model.net.vector_mean, torch.from_numpy(mean)) and torch.equal(model.net.vector_std, torch.from_numpy(std))
+    r = trainer.fit()
+    assert r.optimizer_steps == len(train_set) // cfg.train.global_batch > 0
+    saved = load_checkpoint(tmp_path / "latest.pt")
+    assert all(torch.equal(saved["model"][k], v) for k, v in model.net.state_dict().items())  # the handed model, trained
+    assert any(not torch.equal(saved["model"][k], before[k]) for k in before if k not in ("vector_mean", "vector_std"))
+    p = load_predictor(tmp_path / "latest.pt", device="cpu")
+    inputs = p.inputs(cache, cache.select("test", 3))
+    out = p.predict(inputs, seed=0)
+    assert out.shape == inputs["current"].shape and out.dtype == np.uint8
+    # The predictor holds the handed model's EMA weights, not a fresh init's.
+    assert torch.equal(p.model.net.inp.weight, trainer.ema.module.inp.weight.contiguous(memory_format=torch.contiguous_format))
+
+
+def test_a_handed_model_its_config_does_not_describe_is_refused(tmp_path):
+    cfg = with_overrides(preset("smoke"), train={"checkpoint_dir": str(tmp_path / "run")})
+    wider = build_model(with_overrides(cfg, model={"base_channels": 32, "time_emb_dim": 64}))
+    with pytest.raises(ValueError, match="model.base_channels: the model's 32, the config's 16") as e:
+        Trainer(cfg, progress=False, model=wider)
+    assert "model.time_emb_dim" in str(e.value)
+    with pytest.raises(ValueError, match="model.dropout"):  # same shapes, another network
+        Trainer(cfg, progress=False, model=build_model(with_overrides(cfg, model={"dropout": 0.3})))
+    swapped = build_model(cfg)
+    swapped.net.inp = torch.nn.Conv2d(6, 8, 3)  # a layer replaced after building
+    with pytest.raises(ValueError, match="net weights"):
+        Trainer(cfg, progress=False, model=swapped)
+    with pytest.raises(ValueError, match="objective"):
+        Trainer(cfg, progress=False, model=build_model(with_overrides(cfg, train={"objective": "regression"})))
+    assert not (tmp_path / "run").exists()  # refused before any work

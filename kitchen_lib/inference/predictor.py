@@ -17,7 +17,7 @@ from kitchen_lib.data.examples import ConditioningConfig, VectorLayout, gather
 from kitchen_lib.model.frame_model import FrameModel
 from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.model.unet import channels_last
-from kitchen_lib.training.checkpoint import CheckpointError, load_checkpoint
+from kitchen_lib.training.checkpoint import CheckpointError, inference_weights, load_checkpoint
 from kitchen_lib.training.config import RunConfig, build_model
 
 
@@ -85,12 +85,10 @@ def load_predictor(checkpoint: str | Path, ema: bool = True, device: str = "auto
         model = build_model(cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{checkpoint}: its config cannot be read or describes no valid model ({e})") from e
-    which = "ema" if ema else "model"
-    if not isinstance(state.get(which), dict):
-        raise CheckpointError(f"{checkpoint} has no {'EMA ' if ema else ''}weights (no {which!r} entry): it is damaged "
-                              f"or was not written by this project's training")
-    prefix = "module."
-    weights = {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)} if ema else state["model"]
+    try:
+        weights = inference_weights(state, ema)
+    except CheckpointError as e:
+        raise CheckpointError(f"{checkpoint}: {e}") from e
     try:
         model.net.load_state_dict(weights)
     except RuntimeError as e:

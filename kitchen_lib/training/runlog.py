@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from kitchen_lib.base.example import inputs_of, to_device
+from kitchen_lib.base.example import inputs_of
 from kitchen_lib.base.paths import atomic_path
 
 METRICS_FILE = "metrics.jsonl"
@@ -65,10 +65,10 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
         tmp.write_text("".join(line + "\n" for line in keep))
 
 
-def add_graph(writer, net: torch.nn.Module, example: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Trace the network once for TensorBoard's graph tab, on one example (a batch of one)."""
-    inputs = to_device(inputs_of(example), device)
-    x_t, t = torch.zeros_like(inputs["current"]), torch.zeros(1, dtype=torch.long, device=device)
+def add_graph(writer, net: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """Trace the network once for TensorBoard's graph tab, on a batch of one example (on the net's device)."""
+    inputs = inputs_of(batch)
+    x_t, t = torch.zeros_like(inputs["current"]), torch.zeros(1, dtype=torch.long, device=inputs["current"].device)
     was_training = net.training
     net.eval()
     with warnings.catch_warnings():  # tracing warns about the input-shape check; harmless

@@ -1,6 +1,10 @@
 """Training: AdamW, gradient clipping, EMA weights, AMP on CUDA, validation, checkpoints,
 exact resume (kitchen_lib.training.run_state), TensorBoard.
 
+The Trainer owns its state: state_dict() is what a checkpoint holds (the schema is
+kitchen_lib.training.checkpoint's) and load_state_dict() puts it back. It trains the model and
+data sets its config describes, or a model and data sets handed to it (see `Trainer`).
+
 Under torchrun every rank runs a Trainer (kitchen_lib.training.distributed): DDP averages the gradients,
 each rank reads its share of every global batch, and only rank 0 writes files or prints. All
 ranks hold the same weights, EMA, optimizer and RNG states, so rank 0's checkpoint is the run's.
@@ -18,20 +22,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import BatchSampler
+from torch.utils.data import Dataset
 
-from kitchen_lib.base.example import to_tensors
 from kitchen_lib.base.images import image_grid, to_image
 from kitchen_lib.base.locks import claim_folder
 from kitchen_lib.data.cache_builder import build_pairs
-from kitchen_lib.data.examples import ExampleSet, gather
+from kitchen_lib.data.examples import ExampleSet
+from kitchen_lib.data.pairs import spread
+from kitchen_lib.model.frame_model import FrameModel
 from kitchen_lib.model.unet import channels_last, count_parameters
-from kitchen_lib.training import distributed, divergence, run_state, runlog
-from kitchen_lib.training.checkpoint import CheckpointError, save_checkpoint
+from kitchen_lib.training import batches, distributed, divergence, run_state, runlog
 from kitchen_lib.training.config import RunConfig, build_model
 from kitchen_lib.training.distributed import World
+from kitchen_lib.training.given_model import check_given_model
 from kitchen_lib.training.lr_schedule import lr_factor
 from kitchen_lib.training.progress import advance, progress_bar
+from kitchen_lib.training.run_checkpoints import RunCheckpoints
 from kitchen_lib.training.runs import make_room
 
 
@@ -49,18 +55,30 @@ class TrainResult:
     parameters: int
 
 
-class Trainer:
+class Trainer(RunCheckpoints):
     """One training run. `Trainer(cfg).fit()` trains; `Trainer(cfg, resume="latest").fit()` continues.
-    `world`: this rank's place under torchrun (its process group already started; see `train`)."""
+    `world`: this rank's place under torchrun (its process group already started; see `train`).
+
+    `model`: the FrameModel to train (in place) instead of `build_model(cfg)`; its weights are
+    its own, but its architecture must be the one `cfg` describes (else ValueError), since the
+    checkpoints record `cfg` and are rebuilt from it. `train_set`, `val_set` (both or neither):
+    the data sets instead of the config's pairs cache, giving whole batches as ExampleSet does; a
+    world model's vector statistics come from `train_set`."""
 
     def __init__(self, cfg: RunConfig, resume: str | None = None, progress: bool = True, force_rebuild: bool = False,
-                 overwrite: bool = False, world: World | None = None) -> None:
+                 overwrite: bool = False, world: World | None = None, *, model: FrameModel | None = None,
+                 train_set: Dataset | None = None, val_set: Dataset | None = None) -> None:
         self.world, self.progress = world or World(), progress
         self.cfg = cfg = replace(cfg, train=replace(cfg.train, world_size=self.world.size))  # the checkpoint records it
         cfg.validate()  # before any work
+        if model is not None:
+            check_given_model(model, cfg)
+        if (train_set is None) != (val_set is None):
+            raise ValueError("pass both train_set and val_set, or neither (the config's pairs cache gives both)")
         self.ckpt_dir = cfg.checkpoint_dir()
+        self.train_set, self.val_set, self.cache = train_set, val_set, None
         self._shared = False  # whether rank 0 has told the others how its part of the setup went
-        setup = partial(self._setup, resume, force_rebuild, overwrite)
+        setup = partial(self._setup, resume, force_rebuild, overwrite, model)
         self._lock = ExitStack()  # rank 0 holds the folder for all ranks; the others hold nothing
         try:
             if self.world.is_main:  # one run per folder, for the run's life: the OS drops the lock if the process dies
@@ -76,7 +94,7 @@ class Trainer:
         """Release the run folder (fit() does this when it ends)."""
         self._lock.close()
 
-    def _setup(self, resume: str | None, force_rebuild: bool, overwrite: bool) -> None:
+    def _setup(self, resume: str | None, force_rebuild: bool, overwrite: bool, model: FrameModel | None) -> None:
         cfg, tc, world = self.cfg, self.cfg.train, self.world
         self.device = distributed.device_for(world, tc.device)
         state, held = None, []
@@ -88,7 +106,7 @@ class Trainer:
         if not world.is_main:  # the cache is there now (on another machine's disk, it is built there)
             self._open_data(False)
         torch.manual_seed(tc.seed)
-        self.model = build_model(cfg)
+        self.model = build_model(cfg) if model is None else model
         if self.model.net.vector_dim:  # the actions' and joint state's scale, from the training episodes
             self.model.net.set_vector_stats(*map(torch.from_numpy, self.train_set.vector_stats()))
         self.model.net = channels_last(self.model.net.to(self.device))
@@ -107,7 +125,7 @@ class Trainer:
         tb_root = Path(tc.tensorboard_dir) if tc.tensorboard_dir else cfg.root() / "tensorboard"
         self.tb_dir = tb_root / f"{tc.run_name_prefix}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}"
         if state is not None:
-            run_state.restore(self, state)
+            self.load_state_dict(state)
             if world.is_main:
                 runlog.truncate_metrics(self.ckpt_dir, self.opt_step)
         self.batches_per_epoch = len(self.train_set) // tc.global_batch
@@ -116,51 +134,23 @@ class Trainer:
             make_room(self.ckpt_dir, held, fresh=state is None)
 
     def _open_data(self, force_rebuild: bool) -> None:
-        """The pairs cache and the training and validation sets (a world model's cache gains its vector files)."""
+        """The pairs cache and the training and validation sets (a world model's cache gains its
+        vector files), unless the sets were handed in."""
         cfg, tc = self.cfg, self.cfg.train
-        self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild,
-                                 progress=self.progress and self.world.is_main)
-        self.train_set = ExampleSet(self.cache, self.cache.pairs("train"), cfg.conditioning)
-        self.val_set = ExampleSet(self.cache, self.cache.pairs("val"), cfg.conditioning)
+        if self.train_set is None:
+            self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild,
+                                     progress=self.progress and self.world.is_main)
+            self.train_set = ExampleSet(self.cache, self.cache.pairs("train"), cfg.conditioning)
+            self.val_set = ExampleSet(self.cache, self.cache.pairs("val"), cfg.conditioning)
         if len(self.train_set) < tc.global_batch:
             each = f" ({tc.batch_size} per process x {self.world.size})" if self.world.size > 1 else ""
             raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.global_batch}{each}")
-
-    # --- checkpoints -------------------------------------------------------------------
-
-    def _save(self, name: str) -> Path:
-        self._stop_if(divergence.weights_problem(self.model.net))  # on every rank (same weights): all stop alike
-        path = self.ckpt_dir / name
-        if self.world.is_main:
-            try:
-                save_checkpoint(run_state.capture(self), path)
-            except (OSError, RuntimeError) as e:  # disk full, read-only folder, ... (torch wraps some as RuntimeError)
-                raise CheckpointError(f"could not write {path} ({type(e).__name__}: {e}). Is the disk full or the "
-                                      f"folder read-only? The previous {name}, if any, is intact.") from e
-        self.saved_step = self.opt_step
-        return path
-
-    def _stop_if(self, problem: str | None) -> None:
-        """Stop without saving if a divergence check found a blow-up."""
-        if problem is not None:
-            raise divergence.diverged_error(self.ckpt_dir, problem, self.opt_step, self.epoch, self.saved_step,
-                                            self.cfg.train.learning_rate, truncate=self.world.is_main)
 
     def _say(self, bar, text: str) -> None:
         if self.world.is_main:
             bar.write(text)
 
     # --- the loop ------------------------------------------------------------------------
-
-    def _batches(self, epoch: int, start: int):
-        tc = self.cfg.train
-        order = run_state.epoch_order(len(self.train_set), tc.seed, epoch)  # the same on every rank; each reads its share
-        # Each item of the set is a whole batch, gathered in one go (ExampleSet).
-        batches = BatchSampler(distributed.rank_indices(order, tc.batch_size, self.world), tc.batch_size, drop_last=False)
-        loader = torch.utils.data.DataLoader(self.train_set, batch_size=None, sampler=batches, num_workers=tc.num_workers)
-        for i, batch in enumerate(loader):
-            if i >= start:
-                yield i, batch
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -169,11 +159,8 @@ class Trainer:
         does not depend on how many ranks there are."""
         self.ema_model.eval()
         tc = self.cfg.train
-        mine = distributed.rank_val_batches(len(self.val_set), max(tc.global_batch, 32), self.world)
-        loader = torch.utils.data.DataLoader(self.val_set, batch_size=None, sampler=[items for _, items in mine])
         total, n = 0.0, 0
-        for (i, _), batch in zip(mine, loader, strict=True):
-            batch = {key: v.to(self.device) for key, v in batch.items()}
+        for i, batch in batches.val_batches(self.val_set, tc, self.world, self.device):
             g = torch.Generator(device=self.device).manual_seed(run_state.val_noise_seed(tc.seed, i))
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 loss = self.ema_model.loss(batch, g)
@@ -186,11 +173,12 @@ class Trainer:
     def sample_grid(self, n: int = 4) -> np.ndarray:
         """Rows of current | predicted (the run's sampler, EMA weights) | actual for fixed validation pairs."""
         was_training = self.model.training
-        example = gather(self.cache, self.cache.select("val", n), self.cfg.conditioning)
+        batch = batches.pick(self.val_set, spread(np.arange(len(self.val_set)), n, "the validation set"), self.device)
         g = torch.Generator(device=self.device).manual_seed(0)
-        pred = to_image(self.ema_model.eval().predict(to_tensors(example, self.device), self.cfg.sampler, g))
+        pred = self.ema_model.eval().predict(batch, self.cfg.sampler, g)
         self.model.train(was_training)
-        return image_grid([[c, p, f] for c, p, f in zip(example["current"], pred, example["future"], strict=True)])
+        rows = zip(*(to_image(x) for x in (batch["current"], pred, batch["future"])), strict=True)
+        return image_grid([list(row) for row in rows])
 
     def fit(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
@@ -207,7 +195,7 @@ class Trainer:
                 self.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 writer = SummaryWriter(str(self.tb_dir), purge_step=None if fresh else self.opt_step + 1)
                 if fresh:
-                    runlog.add_graph(writer, self.model.net, self.val_set[[0]], self.device)
+                    runlog.add_graph(writer, self.model.net, batches.pick(self.val_set, [0], self.device))
             deadline = t0 + 60 * tc.max_minutes if tc.max_minutes else math.inf
             bar = progress_bar(self.cfg.preset, tc, self.epoch * self.batches_per_epoch + self.batch_in_epoch,
                                tc.epochs * self.batches_per_epoch, enabled=self.progress and main)
@@ -215,9 +203,9 @@ class Trainer:
                 self._say(bar, f"{self.world.size} processes, batch {tc.batch_size} each: global batch {tc.global_batch}")
             while self.epoch < tc.epochs and not stopped_early:
                 self.train_model.train()
-                for i, batch in self._batches(self.epoch, self.batch_in_epoch):
-                    loss, gnorm, stopped_early = self._train_step({key: v.to(self.device) for key, v in batch.items()},
-                                                                  deadline)
+                for i, batch in batches.epoch_batches(self.train_set, tc, self.world, self.epoch, self.batch_in_epoch,
+                                                      self.device):
+                    loss, gnorm, stopped_early = self._train_step(batch, deadline)
                     self.batch_in_epoch = i + 1
                     samples += tc.global_batch
                     self._log_step(loss, gnorm, writer)

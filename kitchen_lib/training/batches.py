@@ -1,0 +1,46 @@
+"""The batches a run computes with, on its device: each epoch's training batches (this rank's
+share, in the order run_state.epoch_order gives), the validation batches, and picked pairs.
+
+The data sets give whole batches (kitchen_lib.data.examples.ExampleSet: `dataset[[i, j, ...]]`),
+moved to the device by `kitchen_lib.base.example.to_device`, the one place a batch moves: the
+training step, validation, the sample grid and the TensorBoard graph all get their batches here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset
+
+from kitchen_lib.base.example import to_device
+from kitchen_lib.training import distributed
+from kitchen_lib.training.config import TrainConfig
+from kitchen_lib.training.distributed import World
+from kitchen_lib.training.run_state import epoch_order
+
+Batch = dict[str, torch.Tensor]
+
+
+def epoch_batches(train_set: Dataset, tc: TrainConfig, world: World, epoch: int, start: int,
+                  device: torch.device) -> Iterator[tuple[int, Batch]]:
+    """(index, batch) of this rank's batches of an epoch, from batch `start` on (a resumed epoch)."""
+    order = epoch_order(len(train_set), tc.seed, epoch)  # the same on every rank; each reads its share
+    batches = BatchSampler(distributed.rank_indices(order, tc.batch_size, world), tc.batch_size, drop_last=False)
+    loader = DataLoader(train_set, batch_size=None, sampler=batches, num_workers=tc.num_workers)
+    for i, batch in enumerate(loader):
+        if i >= start:
+            yield i, to_device(batch, device)
+
+
+def val_batches(val_set: Dataset, tc: TrainConfig, world: World, device: torch.device) -> Iterator[tuple[int, Batch]]:
+    """(index, batch) of the validation batches this rank scores (distributed.rank_val_batches)."""
+    mine = distributed.rank_val_batches(len(val_set), max(tc.global_batch, 32), world)
+    loader = DataLoader(val_set, batch_size=None, sampler=[items for _, items in mine])
+    for (i, _), batch in zip(mine, loader, strict=True):
+        yield i, to_device(batch, device)
+
+
+def pick(dataset: Dataset, items: Sequence[int], device: torch.device) -> Batch:
+    """Items `items` of a data set as one batch."""
+    return to_device(dataset[[int(i) for i in items]], device)
