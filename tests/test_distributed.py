@@ -21,7 +21,7 @@ import psutil
 import pytest
 import torch
 
-from kitchen_lib.base.global_batch import own_rows
+from kitchen_lib.base.global_batch import global_shape, own_rows
 from kitchen_lib.base.locks import folder_lock
 from kitchen_lib.training import distributed
 from kitchen_lib.training.checkpoint import load_checkpoint
@@ -99,9 +99,9 @@ def test_a_ranks_rows_of_a_global_draw_and_the_world_from_torchruns_environment(
     full = torch.arange(12.0).view(6, 2)
     assert torch.equal(own_rows(full, (0, 1)), full)
     assert torch.equal(own_rows(full, (1, 3)), full[2:4])
-    assert distributed.global_shape((2, 3, 8, 8), (1, 3)) == (6, 3, 8, 8)
+    assert global_shape((2, 3, 8, 8), (1, 3)) == (6, 3, 8, 8)
     with pytest.raises(ValueError, match="rank"):
-        distributed.global_shape((2, 3), (2, 2))
+        global_shape((2, 3), (2, 2))
     assert world_from_env({}) == World(0, 1, 0)
     w = world_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
     assert (w.rank, w.size, w.local_rank, w.is_main, w.part) == (3, 4, 1, False, (3, 4))
