@@ -45,7 +45,7 @@ from kitchen_lib.inference.evaluate import evaluate, format_table, plot_time_to_
 from kitchen_lib.inference.predictor import load_predictor  # noqa: E402
 from kitchen_lib.inference.rollout import mean_rollouts  # noqa: E402
 from kitchen_lib.model.samplers import SamplerConfig  # noqa: E402
-from kitchen_lib.training.config import preset, with_overrides  # noqa: E402
+from kitchen_lib.training.config import PRESETS, preset, with_overrides  # noqa: E402
 from kitchen_lib.training.trainer import Trainer  # noqa: E402
 
 SAMPLERS = [SamplerConfig("ddpm"), SamplerConfig("ddim", 50), SamplerConfig("ddim", 20), SamplerConfig("ddim", 10),
@@ -68,12 +68,13 @@ def seconds_per_frame(predictor, one: dict, sampler: SamplerConfig) -> float:
     return best
 
 
+# The gains over copying each preset is held to (a preset without one is measured, not judged).
 TARGETS = {"cpu": {"psnr": 1.0, "psnr_moving": 3.0}, "cpu-world": {"psnr": 3.0, "psnr_moving": 6.0}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="cpu", choices=list(TARGETS))
+    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     ap.add_argument("--minutes", type=float, default=20)
     ap.add_argument("--points", type=float, nargs="+", default=[1, 2, 4, 7, 10, 15, 20], help="minutes at which to score")
     ap.add_argument("--curve_pairs", type=int, default=256)
@@ -124,8 +125,8 @@ def main() -> None:
                     "copy": scores(full, "copy"), "per_task": full["per_task"]}
     gain = {k: res["final"]["model"][k] - res["final"]["copy"][k] for k in ("psnr", "psnr_moving")}
     res["final"]["gain_db"] = gain
-    want = TARGETS[a.preset]
-    res["target1_met"] = all(gain[k] >= want[k] for k in want)
+    want = TARGETS.get(a.preset)
+    res["target1_met"] = all(gain[k] >= want[k] for k in want) if want else None
     m = full["methods"]
     if "diffusion_shuffled_actions" in m:
         res["final"]["delta_psnr_moving"] = m["diffusion"]["psnr_moving"] - m["diffusion_shuffled_actions"]["psnr_moving"]
@@ -171,7 +172,10 @@ def main() -> None:
                   "ssim": round(f[m]["ssim"], 3)} for m in ("model", "copy")]
                 + [{"method": "gain (dB)", "psnr": round(gain["psnr"], 2), "psnr_moving": round(gain["psnr_moving"], 2)}],
                 ["method", "psnr", "psnr_moving", "ssim"]))
-    print("met" if res["target1_met"] else "NOT met", f"(needs +{want['psnr']:g} dB and +{want['psnr_moving']:g} dB moving)")
+    if want:
+        print("met" if res["target1_met"] else "NOT met", f"(needs +{want['psnr']:g} dB and +{want['psnr_moving']:g} dB moving)")
+    else:
+        print(f"(no target for the {a.preset} preset: measured only)")
     print(format_table(full))
     mo = res["mean_of_4"]
     print(f"on {mo['pairs']} of them, one sample against the mean of 4: PSNR {mo['diffusion']['psnr']:.2f} / "

@@ -52,3 +52,19 @@ def test_the_layers_form_no_cycle():
     for a in LAYERS:
         for b in allowed(a) - {a}:
             assert a not in allowed(b), f"{a} and {b} may import each other"
+
+
+def test_the_readme_layout_lists_every_module_with_its_size():
+    readme = (ROOT.parent / "README.md").read_text()
+    section = readme[readme.index("## Layout"):]
+    listed, layer = {}, None
+    for row in re.finditer(r"^\|\s*(?:\*\*`(\w+)/`\*\*)?\s*\|\s*(?:`(\w+\.py)`)?\s*\|\s*(\d+)\s*\|", section, flags=re.M):
+        if row.group(1):
+            layer = row.group(1)
+        else:
+            listed[f"{layer}/{row.group(2)}"] = int(row.group(3))
+    modules = {f"{p.parent.name}/{p.name}": len(p.read_text().splitlines())
+               for layer in LAYERS for p in (ROOT / layer).glob("*.py") if p.name != "__init__.py"}
+    assert set(listed) == set(modules), f"README's layout misses {set(modules) - set(listed)}, lists gone {set(listed) - set(modules)}"
+    drifted = {m: (listed[m], n) for m, n in modules.items() if abs(listed[m] - n) > max(15, n // 5)}
+    assert not drifted, f"README's line counts (listed, now) have drifted: {drifted}"

@@ -277,3 +277,14 @@ def test_a_handed_model_its_config_does_not_describe_is_refused(tmp_path):
     with pytest.raises(ValueError, match="objective"):
         Trainer(cfg, progress=False, model=build_model(with_overrides(cfg, train={"objective": "regression"})))
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_the_readme_names_every_preset():
+    """The docs' preset list is checked against PRESETS, so a new preset cannot be left out of it."""
+    from kitchen_lib.training.config import PRESETS
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    item = readme[readme.index("- **Presets** (`--preset`)"):]
+    item = item[: item.index("\n- **")]
+    assert [name for name in PRESETS if f"`{name}`" not in item] == []
+    assert "`no-such-preset`" not in item  # the check reads the item, not the whole file
