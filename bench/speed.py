@@ -102,7 +102,7 @@ def diffusers_peer(rc, last: bool):
 
 
 def unet(rc) -> ConditionalUNet:
-    return ConditionalUNet(rc.model, rc.data.size, rc.data.channels)
+    return ConditionalUNet(rc.model, rc.data.size, rc.data.channels, context_frames=0, vector_dim=0)
 
 
 def contenders(rc, bf16: bool, compile_: bool, fp16: bool = False) -> list[tuple]:

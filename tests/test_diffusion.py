@@ -22,7 +22,7 @@ def test_cosine_schedule_keeps_more_signal_mid_way():
 
 
 def test_q_sample_statistics():
-    d = Diffusion()
+    d = Diffusion(DiffusionConfig())
     g = torch.Generator().manual_seed(0)
     x0 = torch.full((4000, 1, 2, 2), 0.5)
     t = torch.full((4000,), 300, dtype=torch.long)
@@ -66,7 +66,7 @@ def test_samplers_recover_the_frame_with_an_oracle(prediction, schedule):
 
 
 def test_samplers_are_deterministic_under_a_seed_and_run_every_step():
-    d = Diffusion()
+    d = Diffusion(DiffusionConfig())
     calls = []
 
     def model(xt, t, inputs):  # a fixed, imperfect denoiser
@@ -92,7 +92,7 @@ def test_bad_settings_are_refused():
         Diffusion(DiffusionConfig(prediction="score"))
     with pytest.raises(ValueError, match="loss weighting"):
         Diffusion(DiffusionConfig(loss_weighting="p2"))
-    d = Diffusion()
+    d = Diffusion(DiffusionConfig())
     with pytest.raises(ValueError, match="DDPM runs all"):
         SamplerConfig("ddpm", steps=10).build()
     with pytest.raises(ValueError, match="unknown sampler"):
@@ -139,7 +139,7 @@ def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction):
 
 def test_timestep_power_biases_training_to_high_noise():
     g = torch.Generator().manual_seed(0)
-    uniform = Diffusion().training_timesteps(20_000, generator=g)
+    uniform = Diffusion(DiffusionConfig()).training_timesteps(20_000, generator=g)
     high = Diffusion(DiffusionConfig(timestep_power=0.5)).training_timesteps(20_000, generator=g)
     for t in (uniform, high):
         assert t.min() >= 0 and t.max() <= 999 and t.dtype == torch.long

@@ -73,7 +73,7 @@ def test_a_registered_sampler_is_a_config_choice(first_call_only):
 
 def test_a_registered_sampler_runs_through_the_model(first_call_only):
     torch.manual_seed(0)
-    net = ConditionalUNet(replace(preset("smoke").model, zero_init=False), 32, 3).eval()
+    net = ConditionalUNet(replace(preset("smoke").model, zero_init=False), 32, 3, context_frames=0, vector_dim=0).eval()
     model = FrameModel(net, Diffusion(DiffusionConfig(timesteps=50)), "diffusion", 0.0)
     inputs = {"current": torch.rand(2, 3, 32, 32) * 2 - 1}
     seen = []

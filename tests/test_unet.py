@@ -17,7 +17,7 @@ SMOKE = preset("smoke").model  # 32px frames
 @pytest.mark.parametrize("channels", [3, 1])
 def test_shapes(size, channels):
     cfg = UNetConfig(base_channels=16, channel_mults=(1, 2, 3), attention_levels=(2,), time_emb_dim=32, time_mlp_dim=64)
-    net = ConditionalUNet(cfg, size, channels)
+    net = ConditionalUNet(cfg, size, channels, context_frames=0, vector_dim=0)
     assert net.inp.in_channels == 2 * channels  # noisy future stacked with the current frame
     x = torch.randn(2, channels, size, size)
     assert net(x, torch.tensor([0, 999]), {"current": x}).shape == (2, channels, size, size)
@@ -29,11 +29,11 @@ def test_seed_preset_is_the_original_architecture():
     attention_px = [size // 2**level for level in cfg.attention_levels]
     assert (size, cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks, attention_px,
             cfg.time_emb_dim, cfg.time_mlp_dim, cfg.dropout) == (128, 32, (1, 2, 3), 1, [32], 128, 512, 0.1)
-    assert 1_500_000 < count_parameters(ConditionalUNet(cfg, size, 3)) < 3_000_000
+    assert 1_500_000 < count_parameters(ConditionalUNet(cfg, size, 3, context_frames=0, vector_dim=0)) < 3_000_000
 
 
 def test_output_depends_on_time_and_condition():
-    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32, 3).eval()
+    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32, 3, context_frames=0, vector_dim=0).eval()
     x, c = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
     out = net(x, torch.tensor([10]), {"current": c})
     assert not torch.allclose(out, net(x, torch.tensor([900]), {"current": c}))
@@ -51,7 +51,7 @@ def test_output_depends_on_time_and_condition():
 ])
 def test_impossible_configurations_fail_at_construction(fields, size, message):
     with pytest.raises(ValueError, match=message):
-        ConditionalUNet(UNetConfig(**fields), size, 3)
+        ConditionalUNet(UNetConfig(**fields), size, 3, context_frames=0, vector_dim=0)
 
 
 def test_configs_saved_with_pixel_attention_read_as_levels():
@@ -64,7 +64,7 @@ def test_configs_saved_with_pixel_attention_read_as_levels():
 
 
 def test_wrong_input_shape_says_what_it_expects():
-    net = ConditionalUNet(SMOKE, 32, 3)
+    net = ConditionalUNet(SMOKE, 32, 3, context_frames=0, vector_dim=0)
     x = torch.randn(1, 3, 64, 64)
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
         net(x, torch.tensor([1]), {"current": x})
@@ -73,7 +73,7 @@ def test_wrong_input_shape_says_what_it_expects():
 @pytest.mark.parametrize("patch", [1, 2])
 def test_zero_init_starts_as_copying_the_frame_and_then_learns(patch):
     torch.manual_seed(0)
-    net = ConditionalUNet(replace(SMOKE, zero_init=True, patch_size=patch), 32, 3)
+    net = ConditionalUNet(replace(SMOKE, zero_init=True, patch_size=patch), 32, 3, context_frames=0, vector_dim=0)
     cur, fut = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
     inputs = {"current": cur}
     assert torch.equal(net(fut, torch.tensor([5, 50, 500, 900]), inputs), torch.zeros_like(cur))
@@ -111,7 +111,7 @@ def test_patches_are_a_plain_unet_on_the_folded_frames(last):
 
 
 def test_channels_last_computes_the_same_function():
-    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32, 3).eval()
+    net = ConditionalUNet(replace(SMOKE, zero_init=False), 32, 3, context_frames=0, vector_dim=0).eval()
     fast = channels_last(copy.deepcopy(net))
     assert fast.inp.weight.is_contiguous(memory_format=torch.channels_last)
     x, c, t = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.tensor([3, 700])
@@ -123,7 +123,7 @@ def test_channels_last_training_gives_the_plain_models_outputs_and_gradients(mon
     outputs and every parameter's gradient must match the plain NCHW model's."""
     monkeypatch.setattr(layers, "NCHW_WEIGHT_GRAD_MIN", 1)  # the detour everywhere
     torch.manual_seed(0)
-    plain = ConditionalUNet(replace(SMOKE, zero_init=False, adagn=True), 32, 3)  # no zeros: gradients everywhere
+    plain = ConditionalUNet(replace(SMOKE, zero_init=False, adagn=True), 32, 3, context_frames=0, vector_dim=0)  # no zeros: gradients everywhere
     for p in plain.parameters():
         p.data.normal_(0, 0.1)
     fast = channels_last(copy.deepcopy(plain))

@@ -37,7 +37,7 @@ class GenerateConfig:
     seed: int = 0
 
 
-def write_dataset(dataset_id: str, records, env, description: str, overwrite: bool = False):
+def _write_dataset(dataset_id: str, records, env, description: str, overwrite: bool = False):
     """Write expert episodes as a Minari dataset, atomically.
 
     The dataset is built in a temporary store beside the real one and moved into place
@@ -47,8 +47,7 @@ def write_dataset(dataset_id: str, records, env, description: str, overwrite: bo
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    check_dataset_id(dataset_id, generated=True)
-    target = dataset_path(dataset_id)
+    target = dataset_path(dataset_id)  # the id was checked where it entered (generate_dataset)
     if target.exists() and not overwrite:
         raise DatasetError(f"{dataset_id} already exists at {target}; pass --overwrite to replace it.")
 
@@ -153,7 +152,7 @@ def generate_dataset(
         records.append(rec)
         bar.write(f"episode {i:3d} (seed {ep_seed}): {len(rec.actions)} steps, completed {rec.completed}") if progress else None
     how = "random actions" if random_actions else "the scripted expert (kitchen_lib.data.expert)"
-    write_dataset(
+    _write_dataset(
         dataset_id, records, env, overwrite=overwrite,
         description=f"{episodes} FrankaKitchen-v1 episodes by {how}, seed {seed}.",
     )

@@ -98,7 +98,7 @@ def _gather(a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 class Diffusion:
     """A noise schedule and everything derived from it (kept in float64, used in float32)."""
 
-    def __init__(self, cfg: DiffusionConfig = DiffusionConfig()) -> None:
+    def __init__(self, cfg: DiffusionConfig) -> None:
         cfg.validate()
         self.cfg = cfg
         self.T = cfg.timesteps

@@ -41,7 +41,7 @@ class FrameModel(nn.Module):
     @classmethod
     def build(cls, unet: UNetConfig, image_size: int, image_channels: int, diffusion: DiffusionConfig,
               objective: str, context_frames: int, vector_dim: int, context_noise: float) -> FrameModel:
-        net = ConditionalUNet(unet, image_size, image_channels, context_frames, vector_dim)
+        net = ConditionalUNet(unet, image_size, image_channels, context_frames=context_frames, vector_dim=vector_dim)
         return cls(net, Diffusion(diffusion), objective, context_noise)
 
     def with_net(self, net: nn.Module) -> FrameModel:

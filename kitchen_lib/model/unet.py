@@ -28,7 +28,7 @@ from kitchen_lib.model.layers import Conv3x3, Dropout
 @dataclass(frozen=True)
 class UNetConfig:
     """The architecture. Frame size and channels are not part of it: they come from the data
-    (`ConditionalUNet(cfg, image_size, image_channels)`), so they are never set twice."""
+    (`ConditionalUNet(cfg, image_size, image_channels, ...)`), so they are never set twice."""
 
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 1, 2, 3)  # one level each; every level but the last halves H, W
@@ -178,8 +178,8 @@ class ConditionalUNet(nn.Module):
     conditioning vector (actions, joint state) is normalised with statistics kept as buffers,
     projected and added to the timestep's sinusoidal features before the time MLP."""
 
-    def __init__(self, cfg: UNetConfig, image_size: int, image_channels: int, context_frames: int = 0,
-                 vector_dim: int = 0) -> None:
+    def __init__(self, cfg: UNetConfig, image_size: int, image_channels: int, *, context_frames: int,
+                 vector_dim: int) -> None:
         super().__init__()
         cfg.validate(image_size)
         self.cfg, self.image_size, self.image_channels = cfg, image_size, image_channels
