@@ -6,21 +6,23 @@ import re
 
 import torch
 
+from kitchen_lib.base.errors import UserError
+
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def check_device(name: str) -> str:
     """Refuse a device that is misspelt or not on this machine, before any work."""
     if not isinstance(name, str) or not _DEVICE.fullmatch(name):
-        raise ValueError(f"--device {name!r}: unknown device; use auto, cpu, cuda, cuda:N or mps")
+        raise UserError(f"--device {name!r}: unknown device; use auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu (or auto)")
+            raise UserError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu (or auto)")
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
+            raise UserError(f"--device {name}: this machine has CUDA devices 0..{torch.cuda.device_count() - 1}")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps: Apple's MPS is not available here; use --device cpu (or auto)")
+        raise UserError("--device mps: Apple's MPS is not available here; use --device cpu (or auto)")
     return name
 
 

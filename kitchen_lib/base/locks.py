@@ -6,9 +6,13 @@ so a crashed run never leaves a folder locked. The lock file records the holder'
 command line, for the message a second process gets.
 
 Temporary files and folders carry their owner's pid in the name (`.<name>.tmp<pid>.<8 random>`,
-as `tempfile.mkstemp` makes them);
-`clean_stale` removes those whose owner is gone, so what a killed run left behind is swept by
-the next run of the same kind, and a live writer's temp files are never touched.
+as `tempfile.mkstemp` makes them), and their owner holds an flock on them for their life
+(`hold_temp`). `clean_stale` removes those whose pid is not alive here and whose lock it can
+take, so what a killed run left behind is swept by the next run of the same kind, and a live
+writer's temp files are never touched, even one in another pid namespace (another container
+sharing the folder: its pid means nothing here, but its lock is on the same kernel's file).
+On a network filesystem shared by several machines, flock is only as good as the filesystem
+makes it (NFSv4 honours it; some others do not): do not share a data folder that way.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from kitchen_lib.base.errors import DestinationError, UserError
 
 LOCK_NAME = ".lock"
 _OWNER = re.compile(r"\.tmp([0-9]+)\.[a-z0-9_]{8}")  # owner_tag() + mkstemp's 8 random characters
@@ -43,7 +49,7 @@ def _forget_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(UserError, RuntimeError):
     """Another live process holds the folder's lock."""
 
 
@@ -62,8 +68,48 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def hold_temp(fd: int) -> int:
+    """Lock the temp file or folder open as `fd` for its writer's life (closing `fd` lets go):
+    the sign `clean_stale` trusts, in any pid namespace. Returns `fd`."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours alone: just made by mkstemp/mkdtemp
+    _HELD.add(fd)
+    return fd
+
+
+def let_go(fd: int) -> None:
+    """Close a temp's lock taken by `hold_temp`."""
+    _HELD.discard(fd)
+    os.close(fd)
+
+
+def _remove_if_unheld(p: Path) -> bool:
+    """Delete `p` unless some process holds its lock; whether it went."""
+    if p.is_symlink():  # no data of anyone's: never followed
+        p.unlink(missing_ok=True)
+        return True
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # cannot tell whose it is: leave it
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a live writer, whatever its pid says here
+            return False
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
+
+
 def clean_stale(folder: str | Path) -> list[Path]:
-    """Delete temp files/folders in `folder` (not below it) whose owner process is gone; returns them."""
+    """Delete temp files/folders in `folder` (not below it) whose owner is gone; returns them.
+
+    Gone: its pid is not alive here and nobody holds its lock (`hold_temp`). The pid alone would
+    not do: a writer in another container sharing the folder has a pid that is dead here."""
     folder, removed = Path(folder), []
     if not folder.is_dir():
         return removed
@@ -71,11 +117,8 @@ def clean_stale(folder: str | Path) -> list[Path]:
         m = _OWNER.search(p.name)
         if not p.name.startswith(".") or m is None or _alive(int(m.group(1))):
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        removed.append(p)
+        if _remove_if_unheld(p):
+            removed.append(p)
     return removed
 
 
@@ -94,11 +137,14 @@ def folder_lock(folder: str | Path, what: str, wait: bool = False, on_wait=None,
     wait=False: raise FolderBusy at once if a live process holds it (naming it and `what` it
     is doing). wait=True: block until it is free, calling on_wait(holder) once first."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     lock_file = folder / name
     told = False
     while True:
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # a read-only folder, a file in the way: the user's to fix, not a crash
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise DestinationError.of(e, folder, f"the folder for {what}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

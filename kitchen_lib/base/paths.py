@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kitchen_lib.base.locks import owner_tag, user_file_mode
+from kitchen_lib.base.errors import DestinationError
+from kitchen_lib.base.locks import hold_temp, let_go, owner_tag, user_file_mode
 
 
 def data_dir() -> Path:
@@ -31,7 +32,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     # The real suffix stays last: image and video writers choose the format by it.
     # The owner's pid in the name lets the next run sweep what a killed one left (locks.clean_stale).
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{owner_tag()}", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    hold_temp(fd)  # held until renamed or deleted: no sweeper takes it, in any pid namespace
     try:
         yield Path(tmp)
         # mkstemp's 0600 would outlive the rename: keep the mode of the file replaced, else the umask's
@@ -40,15 +41,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        let_go(fd)
 
 
-def check_writable(folder: str | Path, what: str) -> Path:
-    """Fail now, not after the work, if `folder` (or the nearest folder that exists above it)
-    cannot be written."""
+def _nearest(folder: Path) -> Path:
+    """`folder`, or the nearest path above it that exists: where it would be made."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _probe(folder: Path) -> None:
+    """Create and delete a file in `folder`: the one test that read-only mounts, ACLs and
+    permissions all answer truthfully (os.access does not, for root)."""
+    fd, name = tempfile.mkstemp(prefix=f".probe{owner_tag()}", dir=folder)
+    os.close(fd)
+    os.unlink(name)
+
+
+def check_destination(folder: str | Path, flag: str) -> Path:
+    """Fail now, not after the work, if files cannot be written in `folder` (given by `flag`).
+
+    Nothing is created: a missing folder is judged by the nearest one above it that exists,
+    where it would be made. A DestinationError names the flag and the path."""
     folder = Path(folder)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write to {folder} ({what}): choose a folder you can write, or fix its permissions")
+    nearest = _nearest(folder)
+    if not nearest.is_dir():
+        where = "is a file" if nearest == folder else f"is under {nearest}, which is a file"
+        raise DestinationError(f"{flag} {folder}: {where}, not a folder; choose a folder")
+    try:
+        _probe(nearest)
+    except OSError as e:
+        raise DestinationError.of(e, folder, flag) from None
     return folder

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.data.pairs import SPLITS, PairsConfig, spread
 
 CACHE_FORMAT = 1
@@ -29,7 +30,7 @@ CACHE_FORMAT = 1
 FRAME_ARRAYS = {"actions": (9, np.float32), "proprio": (9, np.float32), "objects": (21, np.float64)}
 
 
-class CacheError(RuntimeError):
+class CacheError(UserError, RuntimeError):
     """A pairs cache is corrupt or does not match its config; the message says what to do."""
 
 
@@ -61,7 +62,7 @@ class PairsCache:
         try:
             return np.array([self.first_frame[int(e)] for e in episodes], dtype=np.int64)
         except KeyError as e:
-            raise ValueError(f"episode {e.args[0]} is not in this cache (episodes {sorted(self.first_frame)})") from None
+            raise UserError(f"episode {e.args[0]} is not in this cache (episodes {sorted(self.first_frame)})") from None
 
     def array(self, name: str) -> np.ndarray:
         """A per-frame array (FRAME_ARRAYS), (F, columns), checked against frames.npy."""
@@ -93,7 +94,7 @@ class PairsCache:
     def pairs(self, split: str) -> np.ndarray:
         """(N, 2) int array of (episode, step) for a split, in a fixed order."""
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}: choose one of {SPLITS}")
+            raise UserError(f"unknown split {split!r}: choose one of {SPLITS}")
         return np.asarray(self.meta["pairs"][split], dtype=np.int64).reshape(-1, 2)
 
     def select(self, split: str, max_pairs: int | None = None) -> np.ndarray:

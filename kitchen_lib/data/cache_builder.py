@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.images import to_grayscale
-from kitchen_lib.base.locks import clean_stale, folder_lock, owner_tag, user_file_mode
+from kitchen_lib.base.locks import clean_stale, folder_lock, hold_temp, let_go, owner_tag, user_file_mode
 from kitchen_lib.base.paths import atomic_path, data_dir
 from kitchen_lib.data.cache import CACHE_FORMAT, FRAME_ARRAYS, PairsCache, load_cache
 from kitchen_lib.data.datasets import episode_lengths, fingerprint, iter_episodes
@@ -52,9 +53,9 @@ def build_pairs(
     cfg.validate()
     lengths = _used_lengths(cfg)
     if not lengths:
-        raise ValueError(f"{cfg.dataset} has no episodes")
+        raise UserError(f"{cfg.dataset} has no episodes")
     if cfg.k >= max(lengths):
-        raise ValueError(
+        raise UserError(
             f"k={cfg.k} is not shorter than any episode of {cfg.dataset} (the longest has {max(lengths)} steps): "
             f"choose k < {max(lengths)}"
         )
@@ -115,6 +116,7 @@ def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None
     split_of = {usable[j]: s for s, js in splits.items() for j in js}
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{owner_tag()}", dir=path.parent))
+    held = hold_temp(os.open(tmp, os.O_RDONLY))  # the sweeper leaves it alone, in any pid namespace
     try:
         meta = _write_cache(tmp, cfg, lengths, usable, split_of, workers, progress)
         meta["build_seconds"] = round(time.time() - t0, 2)
@@ -127,6 +129,7 @@ def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        let_go(held)
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.data.kitchen import COMPLETE_TASKS, OBS_DIM, completed_tasks
 
 OFFLINE_DATASET_ID = "kitchen-diffusion/scripted-complete-v0"
@@ -27,7 +28,7 @@ D4RL_DATASET_IDS = (
 OUR_NAMESPACE = "kitchen-diffusion"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset is unknown, missing or malformed; the message says what to do."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.example import to_tensors
 
 ACTION_DIM = 9  # 7 arm joint velocities, 2 fingers, in [-1, 1]
@@ -46,9 +47,9 @@ class ConditioningConfig:
 
     def validate(self) -> None:
         if self.context_frames < 0:
-            raise ValueError(f"--context_frames must be 0 or more (got {self.context_frames})")
+            raise UserError(f"--context_frames must be 0 or more (got {self.context_frames})")
         if self.context_noise < 0:
-            raise ValueError(f"--context_noise must be 0 or more (got {self.context_noise})")
+            raise UserError(f"--context_noise must be 0 or more (got {self.context_noise})")
 
     def vector(self, k: int) -> VectorLayout:
         """The layout of this config's conditioning vector for predictions k steps ahead."""

@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kitchen_lib.base.locks import clean_stale, owner_tag
-from kitchen_lib.base.paths import check_writable
+from kitchen_lib.base.locks import clean_stale, hold_temp, let_go, owner_tag
+from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.datasets import (
     D4RL_DATASET_IDS,
     OFFLINE_DATASET_ID,
@@ -35,6 +35,30 @@ class GenerateConfig:
     episodes: int = 20
     max_steps: int = 900  # long enough for all four tasks
     seed: int = 0
+
+
+def _create_in(store: Path, dataset_id: str, buffers: list, env, description: str) -> None:
+    """Write the dataset with Minari into the Minari store `store` (not the user's)."""
+    import minari
+
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    try:
+        os.environ["MINARI_DATASETS_PATH"] = str(store)
+        minari.create_dataset_from_buffers(
+            dataset_id=dataset_id,
+            buffer=buffers,
+            env=env,
+            algorithm_name="kitchen_lib scripted expert (DLS IK waypoints)",
+            author="Kitchen Diffusion",
+            code_permalink="kitchen_lib/data/expert.py",
+            description=description,
+            data_format="hdf5",
+        )
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
 
 
 def _write_dataset(dataset_id: str, records, env, description: str, overwrite: bool = False):
@@ -71,25 +95,9 @@ def _write_dataset(dataset_id: str, records, env, description: str, overwrite: b
     root.mkdir(parents=True, exist_ok=True)
     clean_stale(root)  # what killed runs left behind
     tmp_root = Path(tempfile.mkdtemp(prefix=f".kitchen{owner_tag()}", dir=root))
-    old = os.environ.get("MINARI_DATASETS_PATH")
+    held = hold_temp(os.open(tmp_root, os.O_RDONLY))  # the sweeper leaves it alone, in any pid namespace
     try:
-        os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
-        minari.create_dataset_from_buffers(
-            dataset_id=dataset_id,
-            buffer=buffers,
-            env=env,
-            algorithm_name="kitchen_lib scripted expert (DLS IK waypoints)",
-            author="Kitchen Diffusion",
-            code_permalink="kitchen_lib/data/expert.py",
-            description=description,
-            data_format="hdf5",
-        )
-    finally:
-        if old is None:
-            del os.environ["MINARI_DATASETS_PATH"]
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
-    try:
+        _create_in(tmp_root, dataset_id, buffers, env, description)
         ns_meta = tmp_root / OUR_NAMESPACE / "namespace_metadata.json"
         (root / OUR_NAMESPACE).mkdir(parents=True, exist_ok=True)
         if ns_meta.exists() and not (root / OUR_NAMESPACE / "namespace_metadata.json").exists():
@@ -101,6 +109,7 @@ def _write_dataset(dataset_id: str, records, env, description: str, overwrite: b
         (tmp_root / dataset_id).rename(target)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+        let_go(held)
     return minari.load_dataset(dataset_id)
 
 
@@ -141,7 +150,7 @@ def generate_dataset(
         raise DatasetError(f"--max_steps must be at least 1 (got {max_steps})")
     if is_local(dataset_id) and not overwrite:
         raise DatasetError(f"{dataset_id} already exists at {dataset_path(dataset_id)}; pass --overwrite to replace it.")
-    check_writable(store_path(), "the Minari store (set MINARI_DATASETS_PATH to a folder you can write)")
+    check_destination(store_path(), "the Minari store (MINARI_DATASETS_PATH)")
     t0 = time.time()
     env = make_env(max_episode_steps=max_steps)
     records = []

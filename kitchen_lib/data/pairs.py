@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.data.datasets import OFFLINE_DATASET_ID, check_dataset_id
 from kitchen_lib.data.render import DEFAULT_QUALITY, check_render_args
 
@@ -39,17 +40,17 @@ class PairsConfig:
         check_dataset_id(self.dataset)
         check_render_args(self.size, self.quality)
         if self.max_episodes is not None and (not isinstance(self.max_episodes, int) or self.max_episodes < 1):
-            raise ValueError(f"--max_episodes must be at least 1, or none for all (got {self.max_episodes!r})")
+            raise UserError(f"--max_episodes must be at least 1, or none for all (got {self.max_episodes!r})")
         if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"--k must be a positive whole number of steps (got {self.k!r})")
+            raise UserError(f"--k must be a positive whole number of steps (got {self.k!r})")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
-            raise ValueError("--val_fraction and --test_fraction must be in [0, 1) and leave some episodes to train on")
+            raise UserError("--val_fraction and --test_fraction must be in [0, 1) and leave some episodes to train on")
 
 
 def split_episodes(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
     """Assign whole episodes to train/val/test, reproducibly for a seed (never split by pair)."""
     if n < 3:
-        raise ValueError(f"splitting by episode needs at least 3 episodes (got {n}): generate more with --episodes")
+        raise UserError(f"splitting by episode needs at least 3 episodes (got {n}): generate more with --episodes")
     order = np.random.default_rng(seed).permutation(n)
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
@@ -68,7 +69,7 @@ def pair_steps(num_steps: int, k: int) -> np.ndarray:
 def spread(rows: np.ndarray, n: int | None, what: str = "the selection") -> np.ndarray:
     """At most n rows, evenly spread over all of them (all rows when n is None)."""
     if len(rows) == 0:
-        raise ValueError(f"{what} has no pairs")
+        raise UserError(f"{what} has no pairs")
     if n is not None and len(rows) > n:
         rows = rows[np.linspace(0, len(rows) - 1, n).astype(int)]
     return rows

@@ -20,6 +20,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.data.kitchen import DEFAULT_CAMERA, state_from_observation
 
 QUALITIES = ("fast", "faithful")
@@ -41,9 +42,9 @@ def kitchen_model_path() -> Path:
 
 def check_render_args(size: int, quality: str) -> None:
     if quality not in QUALITIES:
-        raise ValueError(f"unknown render quality {quality!r}: choose one of {QUALITIES}")
+        raise UserError(f"unknown render quality {quality!r}: choose one of {QUALITIES}")
     if not isinstance(size, int | np.integer) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"--size {size!r}: unsupported frame size; use a square size from {MIN_SIZE} to {MAX_SIZE} pixels, "
+        raise UserError(f"--size {size!r}: unsupported frame size; use a square size from {MIN_SIZE} to {MAX_SIZE} pixels, "
                          f"e.g. 64 or 128")
 
 

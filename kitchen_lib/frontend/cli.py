@@ -13,6 +13,8 @@ import sys
 import time
 import traceback
 
+from kitchen_lib.base.errors import UserError
+from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.datasets import D4RL_DATASET_IDS, OFFLINE_DATASET_ID, DatasetError, open_dataset
 from kitchen_lib.data.generate import generate_dataset
 from kitchen_lib.data.render import DEFAULT_QUALITY, QUALITIES
@@ -51,9 +53,12 @@ def cmd_render(a: argparse.Namespace) -> None:
     print(f"wrote {out} ({a.size}x{a.size}, {a.quality})")
 
 
-def _config_with_dataset(a: argparse.Namespace):
-    """The run config the flags ask for; its dataset must be in the store (or downloadable)."""
+def _config_with_dataset(a: argparse.Namespace, train: bool = False):
+    """The run config the flags ask for; its dataset must be in the store (or downloadable), and
+    every folder the command writes must be writable: all checked before any work."""
     cfg = flags.config_from_args(a)
+    for folder, flag in flags.destinations(cfg, a.dataset_dir is not None, train):
+        check_destination(folder, flag)
     open_dataset(cfg.data.dataset, download=a.download)
     return cfg
 
@@ -76,8 +81,8 @@ def cmd_train(a: argparse.Namespace) -> None:
 
     resume = None if a.resume_from_checkpoint in (None, "none") else a.resume_from_checkpoint
     if resume and a.overwrite:
-        raise ValueError("--overwrite starts the run over and --resume_from_checkpoint continues it: choose one")
-    cfg = _config_with_dataset(a)
+        raise UserError("--overwrite starts the run over and --resume_from_checkpoint continues it: choose one")
+    cfg = _config_with_dataset(a, train=True)
     r = train(cfg, resume=resume, force_rebuild=a.force_rebuild, overwrite=a.overwrite)
     if not world_from_env().is_main:  # rank 0 reports for all
         return
@@ -242,27 +247,30 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a command. A user's mistake (bad value, missing file, busy folder, ...) prints one line
-    and exits 2; a bug in kitchen_lib exits 1 with its traceback. --debug (or KITCHEN_DEBUG=1)
-    prints the traceback for the first kind too."""
-    from kitchen_lib.base.locks import FolderBusy
-    from kitchen_lib.data.cache import CacheError
-    from kitchen_lib.training.checkpoint import CheckpointError
-    from kitchen_lib.training.divergence import TrainingDiverged
+REPORT = "this is a bug in kitchen_lib: please report it with the traceback above"
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command. A user's mistake (a UserError: bad value, missing or damaged file, a folder
+    that cannot be written, a busy folder, ...) prints one line and exits 2; anything else is a
+    bug in kitchen_lib: its traceback, a line asking to report it, exit 1. --debug (or
+    KITCHEN_DEBUG=1) prints the traceback for the first kind too."""
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("KITCHEN_DEBUG", "") not in ("", "0")
+    rank = os.environ.get("RANK", "")  # under torchrun each rank says it: name the ones after rank 0
+    who = "" if rank in ("", "0") else f"rank {rank}: "
     try:
         args.func(args)
-    except (DatasetError, CacheError, CheckpointError, TrainingDiverged, FolderBusy, ValueError, FileNotFoundError,
-            PermissionError) as e:
+    except UserError as e:
         if debug:
             traceback.print_exc()
-        rank = os.environ.get("RANK", "")  # under torchrun each rank says it: name the ones after rank 0
-        print(f"{'' if rank in ('', '0') else f'rank {rank}: '}error: {e}", file=sys.stderr)
+        print(f"{who}error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not the user's doing: show where, and ask for a report
+        traceback.print_exc()
+        print(f"{who}{REPORT}", file=sys.stderr)
+        return 1
     return 0

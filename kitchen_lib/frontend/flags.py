@@ -17,7 +17,8 @@ import typing
 from pathlib import Path
 
 from kitchen_lib.base.device import check_device
-from kitchen_lib.base.paths import check_writable
+from kitchen_lib.base.errors import DestinationError, UserError
+from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.examples import ConditioningConfig
 from kitchen_lib.data.generate import GenerateConfig
 from kitchen_lib.data.pairs import PairsConfig
@@ -127,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     divisor = getattr(args, "model_attention_resolutions_divisor", None)
     if divisor is not None:
         if divisor < 1 or divisor & (divisor - 1):
-            raise ValueError(f"--model_attention_resolutions_divisor must be a power of two (got {divisor})")
+            raise UserError(f"--model_attention_resolutions_divisor must be a power of two (got {divisor})")
         groups["model"]["attention_levels"] = (int(math.log2(divisor)),)
     cfg = with_overrides(preset(args.preset), **groups)
     multiplier = getattr(args, "log_image_freq_multiplier", None)
@@ -138,6 +139,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.validate()
     check_device(cfg.train.device)  # here, not in validate(): a checkpoint trained on a GPU loads anywhere
     return cfg
+
+
+def destinations(cfg: RunConfig, data_dir_given: bool, train: bool) -> list[tuple[Path, str]]:
+    """The folders `pairs` (train=False) or `train` writes, each with the flag that chose it."""
+    data_flag = "--dataset_dir" if data_dir_given else "the data folder (--dataset_dir, KITCHEN_DATA_DIR)"
+    found = [(cfg.root() / "pairs", data_flag)]
+    if train:
+        tb = cfg.train.tensorboard_dir
+        found += [(cfg.checkpoint_dir(), "--checkpoint_dir" if cfg.train.checkpoint_dir else data_flag),
+                  (Path(tb) if tb else cfg.root() / "tensorboard", "--tensorboard_dir" if tb else data_flag)]
+    return found
 
 
 def sampler_from_args(args: argparse.Namespace, default: SamplerConfig | None = None) -> SamplerConfig:
@@ -190,8 +202,8 @@ def output(*suffixes: str):
         if path.suffix.lower() not in suffixes:
             raise argparse.ArgumentTypeError(f"{text!r}: the file name must end in {' or '.join(suffixes)}")
         try:
-            check_writable(path.parent, "the output file")
-        except PermissionError as e:
+            check_destination(path.parent, "the folder of")
+        except DestinationError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
         if path.is_dir():
             raise argparse.ArgumentTypeError(f"{text!r} is a folder: give a file name")

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.data.cache import PairsCache
 from kitchen_lib.data.examples import shuffled_actions
 from kitchen_lib.data.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES
@@ -93,7 +94,7 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
     want = (predictor.config.data.size, predictor.config.data.channels, predictor.config.data.k)
     have = (cache.meta["config"]["size"], cache.frames.shape[-1], cache.k)
     if want != have:
-        raise ValueError(f"the model was trained on (size, channels, k) = {want} but these pairs are {have}: "
+        raise UserError(f"the model was trained on (size, channels, k) = {want} but these pairs are {have}: "
                          f"build pairs with the model's settings")
     sampler = sampler or predictor.sampler
     rows = cache.select(split, max_pairs)
@@ -151,12 +152,12 @@ def load_with_regression(checkpoint: str | Path, regression: str | Path | None =
     """The diffusion predictor and, if given or found beside it, the regression one."""
     p = load_predictor(checkpoint, device=device)
     if p.objective != "diffusion":
-        raise ValueError(f"{checkpoint} is a {p.objective} model; pass the diffusion checkpoint and the regression one "
+        raise UserError(f"{checkpoint} is a {p.objective} model; pass the diffusion checkpoint and the regression one "
                          f"with --regression")
     reg_path = Path(regression) if regression else regression_beside(checkpoint)
     reg = load_predictor(reg_path, device=device) if reg_path else None
     if reg is not None and reg.objective != "regression":
-        raise ValueError(f"{reg_path} is not a regression checkpoint (objective {reg.objective})")
+        raise UserError(f"{reg_path} is not a regression checkpoint (objective {reg.objective})")
     return p, reg
 
 

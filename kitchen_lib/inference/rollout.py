@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.images import difference_image
 from kitchen_lib.base.paths import atomic_path
 from kitchen_lib.data.cache import PairsCache
@@ -53,12 +54,12 @@ def rollout(predictor: Predictor, episode: Episode, start: int, horizon: int, sa
     k, frames = predictor.k, episode.frames
     limit = max_horizon(len(frames), start, k)
     if not 0 <= start < len(frames):
-        raise ValueError(f"start {start} is outside the episode (frames 0..{len(frames) - 1})")
+        raise UserError(f"start {start} is outside the episode (frames 0..{len(frames) - 1})")
     if horizon < 1 or horizon > limit:
-        raise ValueError(f"horizon {horizon} does not fit: from step {start}, this {len(frames) - 1}-step episode "
+        raise UserError(f"horizon {horizon} does not fit: from step {start}, this {len(frames) - 1}-step episode "
                          f"has room for 1..{limit} rollout steps of k={k}")
     if predictor.conditioning.actions and episode.actions is not None and len(episode.actions) < start + k * horizon:
-        raise ValueError(f"{len(episode.actions)} actions do not cover {horizon} rollout steps of k={k} from step {start}")
+        raise UserError(f"{len(episode.actions)} actions do not cover {horizon} rollout steps of k={k} from step {start}")
     dream = episode.dreaming()
     for i in range(horizon):
         t = start + i * k  # env step of the current frame: the truth at i = 0, then a prediction
@@ -78,7 +79,7 @@ def rollout_episode(predictor: Predictor, cache: PairsCache, episode: int, start
     source = cache.episode(episode)
     if actions_of is not None:
         if not predictor.conditioning.actions:
-            raise ValueError("actions_of needs an action-conditioned model (e.g. --preset cpu-world)")
+            raise UserError("actions_of needs an action-conditioned model (e.g. --preset cpu-world)")
         source = source.with_actions(cache.episode(actions_of).actions)
     return rollout(predictor, source, start, horizon, sampler, seed)
 
@@ -95,7 +96,7 @@ def mean_rollouts(predictor: Predictor, cache: PairsCache, split: str = "test", 
         last = len(cache.episode_frames(ep)) - 1 - horizon * predictor.k
         jobs += [(ep, int(s)) for s in np.linspace(0, last, starts).astype(int)] if last >= 0 else []
     if not jobs:
-        raise ValueError(f"no {split} episode is long enough for {horizon} rollout steps of k={predictor.k}")
+        raise UserError(f"no {split} episode is long enough for {horizon} rollout steps of k={predictor.k}")
     runs = [rollout_episode(predictor, cache, ep, s, horizon, sampler, seed=s)
             for ep, s in tqdm(jobs, desc="rollouts", disable=not progress, leave=False)]
     model = np.mean([r.psnr for r in runs], axis=0)[1:]
@@ -111,7 +112,7 @@ def save_animation(frames: np.ndarray, path: str | Path, fps: float = 4.0, scale
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".gif", ".mp4"):
-        raise ValueError(f"unsupported animation format {suffix!r}: use .gif or .mp4")
+        raise UserError(f"unsupported animation format {suffix!r}: use .gif or .mp4")
     frames = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2) if scale > 1 else frames
     if frames.shape[-1] == 1:
         frames = np.repeat(frames, 3, axis=-1)

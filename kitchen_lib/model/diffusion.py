@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.global_batch import global_shape, own_rows
 
 PREDICTIONS = ("eps", "v", "x0")
@@ -63,19 +64,19 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}: choose one of {SCHEDULES}")
+            raise UserError(f"unknown schedule {self.schedule!r}: choose one of {SCHEDULES}")
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction target {self.prediction!r}: choose one of {PREDICTIONS}")
+            raise UserError(f"unknown prediction target {self.prediction!r}: choose one of {PREDICTIONS}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"unknown loss weighting {self.loss_weighting!r}: choose one of {LOSS_WEIGHTINGS}")
+            raise UserError(f"unknown loss weighting {self.loss_weighting!r}: choose one of {LOSS_WEIGHTINGS}")
         if self.min_snr_gamma <= 0:
-            raise ValueError(f"--min_snr_gamma must be positive (got {self.min_snr_gamma})")
+            raise UserError(f"--min_snr_gamma must be positive (got {self.min_snr_gamma})")
         if not 0 < self.timestep_power <= 4:
-            raise ValueError(f"--timestep_power must be in (0, 4] (got {self.timestep_power})")
+            raise UserError(f"--timestep_power must be in (0, 4] (got {self.timestep_power})")
         if self.timesteps < 2:
-            raise ValueError(f"--timesteps must be at least 2 (got {self.timesteps})")
+            raise UserError(f"--timesteps must be at least 2 (got {self.timesteps})")
         if not 0 < self.beta_start < self.beta_end < 1:
-            raise ValueError(f"need 0 < beta_start < beta_end < 1 (got {self.beta_start}, {self.beta_end})")
+            raise UserError(f"need 0 < beta_start < beta_end < 1 (got {self.beta_start}, {self.beta_end})")
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:

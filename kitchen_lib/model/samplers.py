@@ -23,6 +23,7 @@ from typing import ClassVar
 import torch
 from tqdm.auto import tqdm
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.model.diffusion import Denoiser, Diffusion
 
 DEFAULT_DDIM_STEPS = 10  # what SamplerConfig() means by "DDIM" (chosen with bench/quality.py)
@@ -38,7 +39,7 @@ class Sampler:
     def from_config(cls, steps: int | None, eta: float) -> Sampler:
         """The sampler these settings describe; refuses settings it does not take."""
         if steps is not None:
-            raise ValueError(f"--sampling_steps (--steps) is not a setting of {cls.name}")
+            raise UserError(f"--sampling_steps (--steps) is not a setting of {cls.name}")
         return cls()
 
     def calls(self, timesteps: int) -> int:
@@ -71,7 +72,7 @@ def pure_noise(net: Denoiser, current: torch.Tensor, generator: torch.Generator 
 def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
     """The `steps` of `timesteps` training timesteps DDIM visits, "trailing": T-1 first, evenly spaced, none repeated."""
     if not 1 <= steps <= timesteps:
-        raise ValueError(f"DDIM steps must be between 1 and {timesteps} (got {steps})")
+        raise UserError(f"DDIM steps must be between 1 and {timesteps} (got {steps})")
     return [round(timesteps - i * timesteps / steps) - 1 for i in range(steps)]
 
 
@@ -88,9 +89,9 @@ class DDIM(Sampler):
     @classmethod
     def from_config(cls, steps: int | None, eta: float) -> DDIM:
         if steps is not None and steps < 1:
-            raise ValueError(f"--sampling_steps (--steps) must be at least 1 (got {steps})")
+            raise UserError(f"--sampling_steps (--steps) must be at least 1 (got {steps})")
         if not 0 <= eta <= 1:
-            raise ValueError(f"--eta must be in [0, 1] (got {eta})")
+            raise UserError(f"--eta must be in [0, 1] (got {eta})")
         return cls(DEFAULT_DDIM_STEPS if steps is None else steps, eta)
 
     def calls(self, timesteps: int) -> int:
@@ -123,7 +124,7 @@ class DDPM(Sampler):
     @classmethod
     def from_config(cls, steps: int | None, eta: float) -> DDPM:
         if steps is not None:
-            raise ValueError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
+            raise UserError("--steps is for DDIM: DDPM runs all of the model's training timesteps "
                              "(--sampling_steps is the same flag)")
         return cls()
 
@@ -157,13 +158,13 @@ class SamplerConfig:
 
     def validate(self) -> None:
         if not 0 <= self.eta <= 1:  # for every sampler: a checkpoint's config may be handed to another
-            raise ValueError(f"--eta must be in [0, 1] (got {self.eta})")
+            raise UserError(f"--eta must be in [0, 1] (got {self.eta})")
         self.build()
 
     def build(self) -> Sampler:
         """The sampler object these settings describe (its class checks them)."""
         if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}: choose one of {tuple(SAMPLERS)}")
+            raise UserError(f"unknown sampler {self.name!r}: choose one of {tuple(SAMPLERS)}")
         return SAMPLERS[self.name].from_config(self.steps, self.eta)
 
     def calls(self, timesteps: int) -> int:

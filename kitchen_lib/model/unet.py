@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.model.layers import Conv3x3, Dropout
 
 
@@ -94,7 +95,7 @@ class UNetConfig:
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
         if problems:
-            raise ValueError("impossible U-Net configuration:\n  " + "\n  ".join(problems))
+            raise UserError("impossible U-Net configuration:\n  " + "\n  ".join(problems))
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

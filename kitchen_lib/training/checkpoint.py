@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.paths import atomic_path
 
 EMA_PREFIX = "module."  # AveragedModel keeps the averaged network as its `module`
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, corrupt, unsafe or does not fit; the message says what to do."""
 
 

@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.paths import data_dir
 from kitchen_lib.data.datasets import SMOKE_DATASET_ID
 from kitchen_lib.data.examples import ConditioningConfig
@@ -73,7 +74,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
+            raise UserError(f"unknown objective {self.objective!r}: choose one of {OBJECTIVES}")
         at_least_one = ("epochs", "batch_size", "checkpoint_freq", "log_freq", "log_image_every", "world_size")
         bad = [f"--{n} must be a whole number of at least 1 (got {getattr(self, n)!r})" for n in at_least_one
                if not isinstance(getattr(self, n), int) or getattr(self, n) < 1]
@@ -92,7 +93,7 @@ class TrainConfig:
         if self.max_minutes is not None and not self.max_minutes > 0:
             bad.append(f"--max_minutes must be positive, or none for no limit (got {self.max_minutes})")
         if bad:
-            raise ValueError("; ".join(bad))
+            raise UserError("; ".join(bad))
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ PRESETS: dict[str, tuple[str, dict[str, dict]]] = {
 def preset(name: str) -> RunConfig:
     """The named preset's RunConfig."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     return with_overrides(RunConfig(preset=name), **PRESETS[name][1])
 
 
@@ -220,7 +221,7 @@ def with_overrides(cfg: RunConfig, **groups: dict) -> RunConfig:
     """A copy of cfg with fields replaced per concern, e.g. with_overrides(cfg, train={"epochs": 3})."""
     unknown = set(groups) - {"data", "model", "diffusion", "train", "conditioning", "sampler", "generate"}
     if unknown:
-        raise ValueError(f"no such part of a RunConfig: {sorted(unknown)}")
+        raise UserError(f"no such part of a RunConfig: {sorted(unknown)}")
     parts = {k: replace(getattr(cfg, k), **v) for k, v in groups.items() if v}
     return replace(cfg, **parts)
 

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kitchen_lib.base.device import pick_device
+from kitchen_lib.base.errors import UserError
 
 # How long a rank waits in a collective. Long enough for rank 0 to build a large pairs cache
 # while the others wait for it (NCCL's own default is 10 minutes).
@@ -62,10 +63,10 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
         size = int(env.get("WORLD_SIZE") or 1)
         world = World(int(env.get("RANK") or 0), size, int(env.get("LOCAL_RANK") or 0))
     except ValueError:
-        raise ValueError(f"RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (got {env.get('RANK')!r}, "
+        raise UserError(f"RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (got {env.get('RANK')!r}, "
                          f"{env.get('WORLD_SIZE')!r}, {env.get('LOCAL_RANK')!r}); start the run with torchrun") from None
     if size < 1 or not 0 <= world.rank < size or world.local_rank < 0:
-        raise ValueError(f"RANK={world.rank}, WORLD_SIZE={size}, LOCAL_RANK={world.local_rank} is not a rank of a "
+        raise UserError(f"RANK={world.rank}, WORLD_SIZE={size}, LOCAL_RANK={world.local_rank} is not a rank of a "
                          f"world; start the run with torchrun")
     return world
 
@@ -76,14 +77,14 @@ def device_for(world: World, name: str) -> torch.device:
     if world.size == 1:
         return device
     if device.type == "mps":
-        raise ValueError("--device mps: training on several processes runs on CUDA (NCCL) or the CPU (gloo); "
+        raise UserError("--device mps: training on several processes runs on CUDA (NCCL) or the CPU (gloo); "
                          "use --device cpu, or one process")
     if device.type != "cuda":
         return device
     if name not in ("auto", "cuda"):
-        raise ValueError(f"--device {name}: under torchrun each process drives cuda:LOCAL_RANK; use --device cuda")
+        raise UserError(f"--device {name}: under torchrun each process drives cuda:LOCAL_RANK; use --device cuda")
     if world.local_rank >= torch.cuda.device_count():
-        raise ValueError(f"LOCAL_RANK {world.local_rank}, but this machine has {torch.cuda.device_count()} CUDA "
+        raise UserError(f"LOCAL_RANK {world.local_rank}, but this machine has {torch.cuda.device_count()} CUDA "
                          f"devices: start at most that many processes here (--nproc_per_node)")
     return torch.device("cuda", world.local_rank)
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.training import runlog
 from kitchen_lib.training.runs import saved_checkpoints
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The run blew up (a non-finite or exploding loss, gradient or weights); nothing was saved after it."""
 
 

@@ -24,6 +24,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.images import image_grid, to_image
 from kitchen_lib.base.locks import claim_folder
 from kitchen_lib.data.cache_builder import build_pairs
@@ -144,7 +145,7 @@ class Trainer(RunCheckpoints):
             self.val_set = ExampleSet(self.cache, self.cache.pairs("val"), cfg.conditioning)
         if len(self.train_set) < tc.global_batch:
             each = f" ({tc.batch_size} per process x {self.world.size})" if self.world.size > 1 else ""
-            raise ValueError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.global_batch}{each}")
+            raise UserError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.global_batch}{each}")
 
     def _say(self, bar, text: str) -> None:
         if self.world.is_main:
