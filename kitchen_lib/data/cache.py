@@ -7,9 +7,13 @@ Cache layout, one folder per config under `data/pairs/`, named by a hash of the 
     proprio.npy  (F, 9) float32, the robot's joint positions at each frame (observation[0:9])
     objects.npy  (F, 21) float64, the objects' joint positions (qpos[9:30]: what the tasks move)
     meta.json    the config, the dataset's fingerprint, each episode's split and first frame,
-                 and the (episode, step) of every pair per split
-Reading memory-maps frames.npy, so loading is instant at any size. A cache built before the
-per-frame arrays existed gets them on its next `build_pairs`, read from the episodes once.
+                 the (episode, step) of every pair per split, and a blake2b checksum of each array
+Reading memory-maps frames.npy, so loading is instant at any size. Every array is read by
+`load_array` (header, shape, dtype, finiteness, checksum; a CacheError naming the file). The
+per-frame arrays are checked against their checksums whenever they are read; frames.npy, GBs,
+only by `verify_cache` (`python -m kitchen_lib pairs --verify`). A cache built before the
+per-frame arrays existed gets them on its next `build_pairs`, read from the episodes once, with
+their checksums; one built before checksums is accepted (verify_cache notes what it could not check).
 """
 
 from __future__ import annotations
