@@ -70,10 +70,10 @@ def tiled_cache(src, dst: Path, frames: int) -> dict:
         shape[1:]) / 1e9, 3)}
 
 
-def run_measured(cmd: list[str], env: dict) -> tuple[int, float, str]:
+def run_measured(cmd: list[str], env: dict, cwd: Path) -> tuple[int, float, str]:
     """Run cmd; its exit code, peak RSS in GB (the kernel's, for it and nothing else) and output."""
     with tempfile.TemporaryFile("w+") as out:
-        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -90,6 +90,7 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         root = Path(tmp)
+        # Run from the temporary folder: `python -m` puts the working folder before PYTHONPATH.
         env = os.environ | {"MINARI_DATASETS_PATH": str(root / "minari"), "KITCHEN_DATA_DIR": str(root / "data"),
                             "PYTHONPATH": a.code}
         os.environ.update({k: env[k] for k in ("MINARI_DATASETS_PATH", "KITCHEN_DATA_DIR")})
@@ -108,7 +109,8 @@ def main() -> None:
         where = subprocess.run([sys.executable, "-c", "import sys; from kitchen_lib.inference.predictor import load_predictor;"
                                 "from kitchen_lib.data.cache_builder import cache_dir_for;"
                                 "p = load_predictor(sys.argv[1]); print(cache_dir_for(p.config.data, p.config.root() / 'pairs'))",
-                                str(root / "run" / "latest.pt")], env=env, capture_output=True, text=True, check=True)
+                                str(root / "run" / "latest.pt")], env=env, cwd=root, capture_output=True, text=True,
+                               check=True)
         target = Path(where.stdout.strip().splitlines()[-1])
         rows = []
         for fraction in a.fractions:
@@ -120,7 +122,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "kitchen_lib", "evaluate", "--checkpoint", str(root / "run" / "latest.pt"),
                    "--split", "all", "--mean_of", "0", "--sampling_steps", "1", "--json", str(root / "eval.json")]
             t0 = time.time()
-            rc, peak, out = run_measured(cmd, env)
+            rc, peak, out = run_measured(cmd, env, cwd=root)
             if rc != 0:
                 raise SystemExit(f"evaluate failed ({rc}):\n{out[-3000:]}")
             evaluated = json.loads((root / "eval.json").read_text())["pairs"]
@@ -129,7 +131,8 @@ def main() -> None:
             print(table(rows[-1:], list(rows[-1])), flush=True)
             shutil.rmtree(target)
             # Written after each size: a long run stopped part way keeps what it measured.
-            res = {"machine": machine(), "code": a.code, "size": a.size, "full_frames": a.frames, "runs": rows,
+            res = {"machine": machine(), "code": a.code, "pairs_folder": target.name, "size": a.size,
+                   "full_frames": a.frames, "runs": rows,
                    "command": "python -m kitchen_lib evaluate --split all --mean_of 0 --sampling_steps 1 (smoke-world)"}
             out = write_json(f"memory-{a.tag}.json" if a.tag else "memory.json", res)
     print(table(rows, list(rows[0])))
