@@ -5,7 +5,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.pairs import PairsConfig
 from kitchen_lib.inference.evaluate import evaluate
-from kitchen_lib.inference.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map
+from kitchen_lib.inference.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map, summarise
 from kitchen_lib.inference.predictor import load_predictor, pairs_for
 from kitchen_lib.inference.rollout import rollout, save_animation
 from kitchen_lib.model.samplers import SamplerConfig
@@ -61,6 +61,32 @@ def test_copy_baseline_from_evaluate_equals_direct_computation(models, small_pai
         assert {"psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving", "seconds_per_frame"} <= set(m)
     assert set(result["per_task"]) == {"microwave", "kettle", "light switch", "slide cabinet"}
     assert regression_beside(diffusion) == regression
+
+
+def test_streamed_evaluate_does_not_depend_on_the_batch(models, small_pairs):
+    """evaluate streams a batch at a time: the deterministic methods score the same whatever the
+    batch, and the sampled ones equal the whole-split computation with the same per-batch seeds."""
+    p, reg = load_predictor(models[0]), load_predictor(models[1])
+    sampler = SamplerConfig("ddim", 2)
+    run = lambda batch: evaluate(p, small_pairs, "all", sampler, regression=reg, progress=False, batch=batch,  # noqa: E731
+                                 mean_of=2, seed=3, details=True)
+    small, big = run(5), run(64)
+    assert small["pairs"] == big["pairs"] > 64  # several batches of 64 too
+    for m in ("copy", "regression"):
+        assert {k: v for k, v in small["methods"][m].items() if k != "seconds_per_frame"} == \
+               {k: v for k, v in big["methods"][m].items() if k != "seconds_per_frame"}
+        assert np.array_equal(small["details"]["pred"][m], big["details"]["pred"][m])
+        for task in small["per_task"]:
+            assert small["per_task"][task]["methods"].get(m) == big["per_task"][task]["methods"].get(m)
+    # The old, whole-split way: every pair gathered at once, sampled in batches of 5 seeded 3 + i.
+    rows = small_pairs.select("all")
+    inputs = p.inputs(small_pairs, rows)
+    pred = np.concatenate([p.predict({k: v[i : i + 5] for k, v in inputs.items()}, sampler, seed=3 + i)
+                           for i in range(0, len(rows), 5)])
+    assert np.array_equal(small["details"]["pred"]["diffusion"], pred)
+    assert np.array_equal(small["details"]["future"], inputs["future"])
+    whole = summarise([frame_scores(c, f, q) for c, f, q in zip(inputs["current"], inputs["future"], pred, strict=True)])
+    assert {k: small["methods"]["diffusion"][k] for k in whole} == pytest.approx(whole, rel=1e-12, nan_ok=True)
 
 
 def test_regression_baseline_is_deterministic(models, small_pairs):

@@ -145,3 +145,106 @@ def test_cli_pairs_json(small_pairs, small_dataset):
     bad = subprocess.run([sys.executable, "-m", "kitchen_lib", "pairs", "--dataset", "nobody/nothing-v0"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown dataset id" in bad.stderr
+
+
+def _damaged(small_pairs, tmp_path, name, damage, checksums=True):
+    """A copy of the small cache under tmp_path/pairs with `name` changed by `damage(path)`;
+    checksums=False: as a cache built before they were recorded."""
+    dst = _copy_cache(small_pairs.path, tmp_path / "pairs" / small_pairs.path.name)
+    damage(dst / name)
+    if not checksums:
+        meta = json.loads((dst / "meta.json").read_text())
+        del meta["checksums"]
+        (dst / "meta.json").write_text(json.dumps(meta))
+    return dst
+
+
+def _reopen(small_pairs, tmp_path):
+    """What train, evaluate and `pairs` do: build_pairs on the (damaged) cache in place."""
+    return build_pairs(small_pairs.config, root=tmp_path / "pairs", progress=False)
+
+
+def _rewrite(fn):
+    return lambda path: np.save(path, fn(np.load(path)), allow_pickle=False)
+
+
+def test_damaged_per_frame_arrays_are_named_with_how_to_rebuild(small_pairs, tmp_path):
+    n = len(small_pairs.frames)
+    cases = [  # (file, damage, words the message must hold)
+        ("actions.npy", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4000)), "not a valid .npy"),
+        ("actions.npy", lambda p: np.save(p, np.zeros((n, 3), np.float32)), f"float32({n}, 3), expected float32({n}, 9)"),
+        ("proprio.npy", lambda p: np.save(p, np.zeros((n, 9), np.float64)), "float64"),
+        ("proprio.npy", _rewrite(lambda a: np.where(np.arange(len(a))[:, None] == 7, np.nan, a)), "checksum"),
+    ]
+    for i, (name, damage, words) in enumerate(cases):
+        _damaged(small_pairs, tmp_path / str(i), name, damage)
+        with pytest.raises(CacheError) as e:
+            _reopen(small_pairs, tmp_path / str(i))
+        msg = str(e.value)
+        assert name in msg and words in msg and "--force_rebuild" in msg and "Delete" in msg, msg
+        assert "pickle" not in msg and "unsafely" not in msg, msg
+
+
+def test_nan_or_all_zero_joints_are_refused_even_without_checksums(small_pairs, tmp_path):
+    assert small_pairs.array("proprio").any(axis=0).all()  # the real joints: never all 0
+    cases = [("proprio.npy", _rewrite(lambda a: np.where(np.arange(len(a))[:, None] == 7, np.nan, a)), "NaN"),
+             ("objects.npy", _rewrite(lambda a: a * np.inf), "infinite"),
+             ("proprio.npy", _rewrite(np.zeros_like), "exactly 0"),
+             ("proprio.npy", _rewrite(lambda a: a * np.array([1] * 8 + [0], a.dtype)), "a joint exactly 0"),
+             ("actions.npy", _rewrite(np.zeros_like), "every action exactly 0")]
+    for i, (name, damage, words) in enumerate(cases):
+        _damaged(small_pairs, tmp_path / str(i), name, damage, checksums=False)
+        with pytest.raises(CacheError, match=words) as e:
+            _reopen(small_pairs, tmp_path / str(i))
+        assert name in str(e.value) and "diverged" not in str(e.value)
+
+
+def test_pairs_verify_finds_a_flipped_byte_in_frames(small_pairs, tmp_path):
+    def flip(path):
+        with open(path, "r+b") as f:
+            f.seek(-100, os.SEEK_END)
+            b = f.read(1)
+            f.seek(-100, os.SEEK_END)
+            f.write(bytes([b[0] ^ 1]))
+
+    cli = [sys.executable, "-m", "kitchen_lib", "pairs", "--dataset", small_pairs.config.dataset, "--size", "32"]
+    _copy_cache(small_pairs.path, tmp_path / "good" / "pairs" / small_pairs.path.name)
+    out = subprocess.run(cli + ["--dataset_dir", str(tmp_path / "good"), "--verify"], capture_output=True, text=True)
+    assert out.returncode == 0 and "verified" in out.stderr, out.stderr
+    _damaged(small_pairs, tmp_path / "bad", "frames.npy", flip)
+    _reopen(small_pairs, tmp_path / "bad")  # opening stays cheap: frames.npy is not read whole
+    out = subprocess.run(cli + ["--dataset_dir", str(tmp_path / "bad"), "--verify"], capture_output=True, text=True)
+    assert out.returncode == 2 and "frames.npy" in out.stderr and "checksum" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    # A cache from before checksums: verified as far as it can be, with a note.
+    old = _damaged(small_pairs, tmp_path / "old", "frames.npy", lambda p: None, checksums=False)
+    out = subprocess.run(cli + ["--dataset_dir", str(tmp_path / "old"), "--verify"], capture_output=True, text=True)
+    assert out.returncode == 0 and "no checksum recorded for frames.npy" in out.stderr, out.stderr
+    # An array it lacked is added with its checksum.
+    (old / "actions.npy").unlink()
+    cache = _reopen(small_pairs, tmp_path / "old")
+    assert set(cache.meta["checksums"]) == {"actions"}
+    assert np.array_equal(cache.array("actions"), small_pairs.array("actions"))
+
+
+def test_dataset_fingerprint_follows_content_not_timestamps(small_dataset):
+    import shutil
+
+    from kitchen_lib.data.datasets import dataset_path, fingerprint
+
+    copy = "kitchen-diffusion/test-fingerprint-v0"
+    shutil.copytree(dataset_path(small_dataset), dataset_path(copy))  # new files, new mtimes, same bytes
+    try:
+        before = fingerprint(copy)
+        assert before == fingerprint(small_dataset)
+        data = sorted(p for p in (dataset_path(copy) / "data").iterdir() if p.suffix == ".hdf5")[0]
+        os.utime(data, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # touch
+        assert fingerprint(copy) == before
+        with open(data, "r+b") as f:  # one byte of content
+            f.seek(-10, os.SEEK_END)
+            b = f.read(1)
+            f.seek(-10, os.SEEK_END)
+            f.write(bytes([b[0] ^ 1]))
+        assert fingerprint(copy) != before
+    finally:
+        shutil.rmtree(dataset_path(copy))

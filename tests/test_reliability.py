@@ -374,3 +374,24 @@ def test_a_checkpoint_file_gets_the_umask_mode_and_a_replaced_one_keeps_its_mode
     save_checkpoint({"model": {"w": torch.zeros(2)}, "config": {}}, tmp_path / "c.pt")
     assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o600
     assert torch.equal(load_checkpoint(tmp_path / "c.pt")["model"]["w"], torch.zeros(2))
+
+
+def test_atomic_writes_fsync_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    from kitchen_lib.base import paths
+
+    synced, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append(("rename", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(paths.os, "fsync", fsync)
+    monkeypatch.setattr(paths.os, "replace", replace)
+    save_checkpoint({"model": {}, "config": {}}, tmp_path / "latest.pt")
+    assert len(synced) == 3, synced
+    assert Path(synced[0]).parent == tmp_path and synced[0] != str(tmp_path)  # the temporary file, then
+    assert synced[1:] == [("rename", str(tmp_path / "latest.pt")), str(tmp_path)]  # the rename, then the folder

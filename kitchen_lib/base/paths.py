@@ -26,6 +26,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else delete it.
 
     Readers never see a half-written file, and a failed write leaves the old file as it was.
+    The file is fsynced before the rename and the folder after it, so a power cut leaves the old
+    file or the new one, never an empty one under the final name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,12 +39,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         # mkstemp's 0600 would outlive the rename: keep the mode of the file replaced, else the umask's
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.is_file() else user_file_mode())
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     finally:
         let_go(fd)
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's bytes to the disk (the writer may have closed it already)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to the disk. Some file systems
+    refuse to fsync a folder: there the rename is as durable as they make it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _nearest(folder: Path) -> Path:

@@ -7,13 +7,18 @@ Cache layout, one folder per config under `data/pairs/`, named by a hash of the 
     proprio.npy  (F, 9) float32, the robot's joint positions at each frame (observation[0:9])
     objects.npy  (F, 21) float64, the objects' joint positions (qpos[9:30]: what the tasks move)
     meta.json    the config, the dataset's fingerprint, each episode's split and first frame,
-                 and the (episode, step) of every pair per split
-Reading memory-maps frames.npy, so loading is instant at any size. A cache built before the
-per-frame arrays existed gets them on its next `build_pairs`, read from the episodes once.
+                 the (episode, step) of every pair per split, and a blake2b checksum of each array
+Reading memory-maps frames.npy, so loading is instant at any size. Every array is read by
+`load_array` (header, shape, dtype, finiteness, checksum; a CacheError naming the file). The
+per-frame arrays are checked against their checksums whenever they are read; frames.npy, GBs,
+only by `verify_cache` (`python -m kitchen_lib pairs --verify`). A cache built before the
+per-frame arrays existed gets them on its next `build_pairs`, read from the episodes once, with
+their checksums; one built before checksums is accepted (verify_cache notes what it could not check).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -32,6 +37,67 @@ FRAME_ARRAYS = {"actions": (9, np.float32), "proprio": (9, np.float32), "objects
 
 class CacheError(UserError, RuntimeError):
     """A pairs cache is corrupt or does not match its config; the message says what to do."""
+
+
+def rebuild_advice(path: Path) -> str:
+    """How to get a damaged cache file back."""
+    return (f"Delete {path.parent} and run `python -m kitchen_lib pairs` with the same settings to rebuild it "
+            f"(or add --force_rebuild).")
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """blake2b of a file's bytes, streamed (about 1 GB/s a core: a 64px mixed-v2 frames.npy,
+    about 1.9 GB, takes a few seconds; the per-frame arrays, tens of MB, a few hundredths)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return "blake2b:" + h.hexdigest()
+
+
+def load_array(path: Path, shape: tuple[int, ...], dtype, finite: bool = True, mmap: bool = False,
+               checksum: str | None = None) -> np.ndarray:
+    """The one reader of a cache's arrays: a .npy of exactly `shape` and `dtype`, never pickled,
+    checked against `checksum` (file_digest) if given and, for floats when `finite`, free of
+    NaN and inf. mmap=True maps it (frames.npy) instead of reading it. Any fault is a CacheError
+    naming the file and saying how to rebuild it."""
+    path, want = Path(path), f"{np.dtype(dtype)}{tuple(shape)}"
+    fix = rebuild_advice(path)
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            header = read(f)  # shape, fortran order, dtype: no data read
+    except FileNotFoundError:
+        raise CacheError(f"pairs cache {path.parent} is incomplete: {path.name} is missing. {fix}") from None
+    except (ValueError, OSError, SyntaxError, TypeError) as e:
+        # Not numpy's own words: it would advise loading the file "unsafely" (with pickle).
+        raise CacheError(f"{path} is not a valid .npy array file ({type(e).__name__} in its header): it is damaged. "
+                         f"{fix}") from None
+    if (header[0], header[2]) != (tuple(shape), np.dtype(dtype)) or header[1]:
+        raise CacheError(f"{path} holds {header[2]}{header[0]}{' (Fortran order)' if header[1] else ''}, "
+                         f"expected {want}. {fix}")
+    if checksum is not None and file_digest(path) != checksum:
+        raise CacheError(f"{path} does not match the checksum recorded when the cache was built: it is damaged. {fix}")
+    try:
+        a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError) as e:  # truncated
+        raise CacheError(f"{path} is damaged ({e}). {fix}") from None
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = np.flatnonzero(~np.isfinite(a).all(axis=tuple(range(1, a.ndim))))
+        raise CacheError(f"{path} has NaN or infinite values in {len(bad)} rows (first: row {bad[0]}): it is damaged. "
+                         f"{fix}")
+    return a
+
+
+def _never_moves(name: str, a: np.ndarray) -> bool:
+    """Joint positions with a joint exactly 0 on every frame, or actions all exactly 0: a real
+    robot's never are (an unused action dimension is possible, so actions are judged whole)."""
+    if not len(a):
+        return False
+    if name == "proprio":
+        return not a.any(axis=0).all()
+    return name == "actions" and not a.any()
 
 
 @dataclass
@@ -65,21 +131,18 @@ class PairsCache:
             raise UserError(f"episode {e.args[0]} is not in this cache (episodes {sorted(self.first_frame)})") from None
 
     def array(self, name: str) -> np.ndarray:
-        """A per-frame array (FRAME_ARRAYS), (F, columns), checked against frames.npy."""
+        """A per-frame array (FRAME_ARRAYS), (F, columns): checked against frames.npy, its
+        checksum in meta.json (when recorded), finite, and not a robot that never moved."""
         if name not in self._arrays:
             path = self.path / f"{name}.npy"
             if not path.is_file():
                 raise CacheError(f"pairs cache {self.path} has no {name}.npy (built before it existed): open it with "
                                  f"build_pairs (or `python -m kitchen_lib pairs`) to add it")
-            try:
-                a = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise CacheError(f"pairs cache {self.path} has a corrupt {name}.npy ({e}). Delete it and run "
-                                 f"`python -m kitchen_lib pairs` with the same settings to rebuild it") from e
             cols, dtype = FRAME_ARRAYS[name]
-            if a.shape != (len(self.frames), cols) or a.dtype != dtype:
-                raise CacheError(f"{path} is {a.dtype}{a.shape}, not {np.dtype(dtype)}({len(self.frames)}, {cols}): delete it "
-                                 f"and run `python -m kitchen_lib pairs` with the same settings to rebuild it")
+            a = load_array(path, (len(self.frames), cols), dtype, checksum=self.meta.get("checksums", {}).get(name))
+            if _never_moves(name, a):
+                raise CacheError(f"{path} has {'every action' if name == 'actions' else 'a joint'} exactly 0 on every "
+                                 f"frame: a real robot's never is, so the file is damaged. {rebuild_advice(path)}")
             self._arrays[name] = a
         return self._arrays[name]
 
@@ -149,14 +212,7 @@ def load_cache(path: Path, cfg: PairsConfig | None = None) -> PairsCache:
     if cfg is not None and meta.get("config") != asdict(cfg):
         diff = {k: (meta.get("config", {}).get(k), v) for k, v in asdict(cfg).items() if meta.get("config", {}).get(k) != v}
         raise CacheError(f"pairs cache {path} was built for a different config (cached, wanted): {diff}. {fix}")
-    try:
-        frames = np.load(path / "frames.npy", mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError as e:
-        raise CacheError(f"pairs cache {path} is incomplete: frames.npy is missing. {fix}") from e
-    except (ValueError, OSError) as e:
-        raise CacheError(f"pairs cache {path} has a corrupt frames.npy ({e}). {fix}") from e
-    if frames.shape != shape or frames.dtype != np.uint8:
-        raise CacheError(f"pairs cache {path}: frames.npy is {frames.dtype}{frames.shape}, meta.json says uint8{shape}. {fix}")
+    frames = load_array(path / "frames.npy", shape, np.uint8, mmap=True)  # its checksum: verify_cache
     return PairsCache(path=path, meta=meta, frames=frames)
 
 
@@ -181,4 +237,19 @@ def _check_meta(meta: dict, shape: tuple, path: Path, fix: str) -> None:
     except (KeyError, TypeError, ValueError) as e:
         raise CacheError(f"pairs cache {path} has an inconsistent meta.json ({e}). {fix}") from e
 
+
+def verify_cache(cache: PairsCache) -> list[str]:
+    """Read every array of a cache whole against the checksums meta.json recorded at build
+    (frames.npy included: seconds at D4RL scale); raises CacheError on the first that differs.
+    Returns notes on what could not be checked (a cache built before checksums were recorded)."""
+    sums, notes = cache.meta.get("checksums", {}), []
+    load_array(cache.path / "frames.npy", cache.frames.shape, np.uint8, mmap=True, checksum=sums.get("frames"))
+    for name in FRAME_ARRAYS:
+        cache._arrays.pop(name, None)
+        cache.array(name)
+    missing = [n for n in ("frames", *FRAME_ARRAYS) if n not in sums]
+    if missing:
+        notes.append(f"no checksum recorded for {', '.join(f'{n}.npy' for n in missing)} (built before checksums "
+                     f"were recorded): shapes and values checked, bytes not. --force_rebuild records them")
+    return notes
 

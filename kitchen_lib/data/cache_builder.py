@@ -23,8 +23,8 @@ import numpy as np
 from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.images import to_grayscale
 from kitchen_lib.base.locks import clean_stale, folder_lock, hold_temp, let_go, owner_tag, user_file_mode
-from kitchen_lib.base.paths import atomic_path, data_dir
-from kitchen_lib.data.cache import CACHE_FORMAT, FRAME_ARRAYS, PairsCache, load_cache
+from kitchen_lib.base.paths import atomic_path, data_dir, fsync_dir, fsync_file
+from kitchen_lib.data.cache import CACHE_FORMAT, FRAME_ARRAYS, PairsCache, file_digest, load_cache
 from kitchen_lib.data.datasets import episode_lengths, fingerprint, iter_episodes
 from kitchen_lib.data.kitchen import state_from_observation
 from kitchen_lib.data.pairs import SPLITS, PairsConfig, pair_steps, split_episodes
@@ -61,7 +61,7 @@ def build_pairs(
         )
     path = cache_dir_for(cfg, root)
     if path.exists() and not force and _complete(path):
-        return load_cache(path, cfg)
+        return _checked(load_cache(path, cfg))
     # One builder per cache: a second process asking for the same pairs waits, then reuses them.
     say = (lambda holder: print(f"waiting for {holder}, which is building these pairs ({path.name})", flush=True)) \
         if progress else None
@@ -69,10 +69,19 @@ def build_pairs(
         if path.exists() and not force:
             cache = load_cache(path, cfg)
             _add_frame_arrays(cache)  # a cache built before they existed
-            return cache
+            return _checked(cache)
         clean_stale(path.parent)  # what killed builds left behind
         _build(cfg, path, lengths, workers, progress)
-    return load_cache(path, cfg)
+    return _checked(load_cache(path, cfg))
+
+
+def _checked(cache: PairsCache) -> PairsCache:
+    """Read the per-frame arrays now, against their checksums (tens of MB at D4RL scale): a
+    damaged one fails here, naming its file, not later as a diverged run. frames.npy (GBs) is
+    checked by `pairs --verify` (cache.verify_cache)."""
+    for name in FRAME_ARRAYS:
+        cache.array(name)
+    return cache
 
 
 def _complete(path: Path) -> bool:
@@ -87,10 +96,12 @@ def _frame_arrays(observations: np.ndarray, actions: np.ndarray) -> dict[str, np
     return {"actions": acts, "proprio": observations[:, :9].astype(np.float32), "objects": qpos[:, 9:]}
 
 
-def _save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+def _save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """Write each array (atomically, fsynced); returns their checksums for meta.json."""
     for name, rows in arrays.items():
         with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
             np.save(f, rows, allow_pickle=False)
+    return {name: file_digest(folder / f"{name}.npy") for name in arrays}
 
 
 def _add_frame_arrays(cache: PairsCache) -> None:
@@ -105,7 +116,10 @@ def _add_frame_arrays(cache: PairsCache) -> None:
         arrays = _frame_arrays(ep.observations[: counts[ep.index]], ep.actions)
         for name in missing:
             out[name][rows] = arrays[name]
-    _save_arrays(cache.path, out)
+    # Their checksums join meta.json's; an old cache's frames.npy stays without one (verify_cache says so).
+    cache.meta["checksums"] = cache.meta.get("checksums", {}) | _save_arrays(cache.path, out)
+    with atomic_path(cache.path / "meta.json") as tmp:
+        _write_json(tmp, cache.meta)
 
 
 def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None, progress: bool) -> None:
@@ -122,11 +136,13 @@ def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None
         meta["build_seconds"] = round(time.time() - t0, 2)
         _write_json(tmp / "meta.json", meta)
         os.chmod(tmp, user_file_mode(directory=True))  # mkdtemp's 0700 would outlive the rename
+        fsync_dir(tmp)  # every file is fsynced: their names too, before the folder is renamed
         if path.exists():  # force: move the old cache aside only once the new one is whole
             old = tmp.with_name(tmp.name + "-old")  # carries the owner tag: swept if we die here
             path.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         tmp.rename(path)
+        fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         let_go(held)
@@ -135,6 +151,7 @@ def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None
 def _write_json(path: Path, obj: dict) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, separators=(",", ":"))
+    fsync_file(path)
 
 
 def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -> dict:
@@ -172,7 +189,9 @@ def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -
             f.write(np.ascontiguousarray(frames).tobytes())
             bar.update(len(frames))
         bar.close()
-    _save_arrays(tmp, arrays)
+    fsync_file(tmp / "frames.npy")
+    # Checksums of every array, read back once here (a 64px mixed-v2 frames.npy: a few seconds).
+    checksums = {"frames": file_digest(tmp / "frames.npy")} | _save_arrays(tmp, arrays)
     return {
         "format": CACHE_FORMAT,
         "config": asdict(cfg),
@@ -181,4 +200,5 @@ def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -
         "episodes": episodes,
         "splits": {s: [e["index"] for e in episodes if e["split"] == s] for s in SPLITS},
         "pairs": pairs,
+        "checksums": checksums,
     }

@@ -38,7 +38,7 @@ from kitchen_lib.data.cache import PairsCache
 from kitchen_lib.data.examples import shuffled_actions
 from kitchen_lib.data.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES
 from kitchen_lib.inference.baselines import copy_frame
-from kitchen_lib.inference.metrics import frame_scores, summarise
+from kitchen_lib.inference.metrics import frame_scores
 from kitchen_lib.inference.predictor import Predictor, load_predictor
 from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.training.runs import regression_beside
@@ -60,20 +60,46 @@ def moving_tasks(cache: PairsCache, rows: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _predict_all(p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig, seed: int, batch: int,
-                 x0: bool = False) -> tuple[np.ndarray, float]:
+SCORE_KEYS = ("psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving")
+
+
+def _predict(p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig, seed: int,
+             x0: bool = False) -> tuple[np.ndarray, float]:
+    """One batch's predictions and the seconds they took."""
     t0 = time.perf_counter()
-    parts = [p.predict({k: v[i : i + batch] for k, v in inputs.items()}, sampler, seed=seed + i, x0=x0)
-             for i in range(0, len(inputs["current"]), batch)]
-    return np.concatenate(parts), (time.perf_counter() - t0) / len(inputs["current"])
+    return p.predict(inputs, sampler, seed=seed, x0=x0), time.perf_counter() - t0
 
 
 def _mean_of(first: tuple[np.ndarray, float], p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig,
-             seed: int, batch: int, n: int) -> tuple[np.ndarray, float]:
+             seed: int, n: int) -> tuple[np.ndarray, float]:
     """The mean of n samples, the first of which is the single sample already drawn (same seed)."""
-    samples = [first] + [_predict_all(p, inputs, sampler, seed + 100_000 * j, batch) for j in range(1, n)]
+    samples = [first] + [_predict(p, inputs, sampler, seed + 100_000 * j) for j in range(1, n)]
     mean = np.mean([s.astype(np.float32) for s, _ in samples], axis=0)
     return np.rint(mean).astype(np.uint8), sum(t for _, t in samples)
+
+
+def _batch_predictions(predictor: Predictor, regression: Predictor | None, cache: PairsCache, rows: np.ndarray,
+                       inputs: dict[str, np.ndarray], swapped: np.ndarray | None, sampler: SamplerConfig, seed: int,
+                       mean_of: int, x0: bool) -> dict[str, tuple[np.ndarray, float]]:
+    """Every method's predictions for one batch (the batch starting at row i is seeded seed + i)."""
+    preds = {"diffusion": _predict(predictor, inputs, sampler, seed)}
+    if mean_of > 1 and predictor.objective == "diffusion":
+        preds["diffusion_mean"] = _mean_of(preds["diffusion"], predictor, inputs, sampler, seed, mean_of)
+    if x0 and predictor.objective == "diffusion":
+        preds["diffusion_x0"] = _predict(predictor, inputs, sampler, seed, x0=True)
+    if swapped is not None:
+        preds["diffusion_shuffled_actions"] = _predict(predictor, inputs | {"vector": swapped}, sampler, seed)
+    preds["copy"] = (copy_frame(inputs["current"]), 0.0)
+    if regression is not None:
+        same = regression.conditioning == predictor.conditioning  # its twin: the same examples
+        preds["regression"] = _predict(regression, inputs if same else regression.inputs(cache, rows), sampler, seed)
+    return preds
+
+
+def _summary(scores: np.ndarray) -> dict[str, float]:
+    """(N, 5) scores (SCORE_KEYS) -> their means, NaN-aware as metrics.summarise."""
+    return {k: float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for k, col in zip(SCORE_KEYS, scores.T,
+                                                                                                     strict=True)}
 
 
 def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: SamplerConfig | None = None,
@@ -85,10 +111,14 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
     `sampler` defaults to the one the model's run chose. mean_of < 2 leaves out diffusion_mean
     (it costs `mean_of` - 1 more samples: the first is the single sample), x0=False diffusion_x0
     (one more network call a frame), shuffled=False diffusion_shuffled_actions (one more sample).
-    The examples are gathered once, for the model and its regression twin alike.
+
+    Streams: `batch` pairs are gathered, predicted by every method and scored at a time, so
+    memory does not grow with the split (only each pair's five scores are kept). The numbers do
+    not depend on `batch` beyond the seeds: the batch starting at row i is sampled with seed + i.
 
     details=True adds result["details"]: the (episode, step) rows, the frames, each method's
-    predictions and per-pair scores (arrays: for notebooks, not for JSON)."""
+    predictions and per-pair scores (arrays held for the whole split: for notebooks on small
+    splits, not for JSON or large splits)."""
     from tqdm.auto import tqdm
 
     want = (predictor.config.data.size, predictor.config.data.channels, predictor.config.data.k)
@@ -98,38 +128,47 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
                          f"build pairs with the model's settings")
     sampler = sampler or predictor.sampler
     rows = cache.select(split, max_pairs)
-    inputs = predictor.inputs(cache, rows)
-    cur, fut = inputs["current"], inputs["future"]
-    preds = {"diffusion": _predict_all(predictor, inputs, sampler, seed, batch)}
-    if mean_of > 1 and predictor.objective == "diffusion":
-        preds["diffusion_mean"] = _mean_of(preds["diffusion"], predictor, inputs, sampler, seed, batch, mean_of)
-    if x0 and predictor.objective == "diffusion":
-        preds["diffusion_x0"] = _predict_all(predictor, inputs, sampler, seed, batch, x0=True)
+    swapped = None
     if shuffled and predictor.conditioning.actions:
-        swapped = inputs | {"vector": shuffled_actions(inputs["vector"], predictor.vector, seed)}
-        preds["diffusion_shuffled_actions"] = _predict_all(predictor, swapped, sampler, seed, batch)
-    preds["copy"] = (copy_frame(cur), 0.0)
-    if regression is not None:
-        same = regression.conditioning == predictor.conditioning  # its twin: the same examples
-        preds["regression"] = _predict_all(regression, inputs if same else regression.inputs(cache, rows), sampler,
-                                           seed, batch)
-    scores = {m: [frame_scores(c, f, p) for c, f, p in tqdm(zip(cur, fut, pr, strict=True), total=len(cur),
-                                                              desc=f"score {m}", disable=not progress, leave=False)]
-              for m, (pr, _) in preds.items()}
-    methods = {m: summarise(s) | {"seconds_per_frame": preds[m][1]} for m, s in scores.items()}
+        # The permutation spans the whole split (pairs swap actions across batches): built once from
+        # the per-frame arrays, a few numbers a pair.
+        vector = predictor.vector.build(cache, cache.first_frames(rows[:, 0]) + rows[:, 1])
+        swapped = shuffled_actions(vector, predictor.vector, seed)
+    scores: dict[str, list[np.ndarray]] = {}
+    seconds: dict[str, float] = {}
+    kept: dict[str, list[np.ndarray]] = {}
+    for i in tqdm(range(0, len(rows), batch), desc="evaluate", disable=not progress, leave=False):
+        inputs = predictor.inputs(cache, rows[i : i + batch])
+        preds = _batch_predictions(predictor, regression, cache, rows[i : i + batch], inputs,
+                                   None if swapped is None else swapped[i : i + batch], sampler, seed + i, mean_of, x0)
+        for m, (pred, secs) in preds.items():
+            scores.setdefault(m, []).append(np.array(
+                [[s[k] for k in SCORE_KEYS] for s in map(frame_scores, inputs["current"], inputs["future"], pred)],
+                dtype=float).reshape(-1, len(SCORE_KEYS)))
+            seconds[m] = seconds.get(m, 0.0) + secs
+            if details:
+                kept.setdefault(m, []).append(pred)
+        if details:
+            kept.setdefault("current", []).append(inputs["current"])
+            kept.setdefault("future", []).append(inputs["future"])
+    table = {m: np.concatenate(s) for m, s in scores.items()}
+    methods = {m: _summary(s) | {"seconds_per_frame": seconds[m] / len(rows)} for m, s in table.items()}
     per_task = {}
     for task, moving in moving_tasks(cache, rows).items():
         sel = np.flatnonzero(moving)
         per_task[task] = {"pairs": int(len(sel)),
-                          "methods": {m: summarise([s[i] for i in sel]) if len(sel) else {} for m, s in scores.items()}}
+                          "methods": {m: _summary(s[sel]) if len(sel) else {} for m, s in table.items()}}
     result = {
         "dataset": cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
         "sampler": sampler.name, "sampling_steps": predictor.model.network_calls(sampler), "mean_of": mean_of,
         "methods": methods, "per_task": per_task,
     }
     if details:
-        result["details"] = {"rows": rows, "current": cur, "future": fut, "pred": {m: p for m, (p, _) in preds.items()},
-                             "scores": scores}
+        result["details"] = {"rows": rows, "current": np.concatenate(kept["current"]),
+                             "future": np.concatenate(kept["future"]),
+                             "pred": {m: np.concatenate(kept[m]) for m in table},
+                             "scores": {m: [dict(zip(SCORE_KEYS, map(float, r), strict=True)) for r in s]
+                                        for m, s in table.items()}}
     return result
 
 

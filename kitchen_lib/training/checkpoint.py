@@ -24,7 +24,6 @@ Checkpoints written before an entry existed may lack early_losses.
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -41,12 +40,11 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    """Write to a temporary file in the same folder, then rename: never a half-written file
+    (atomic_path fsyncs the file before the rename and the folder after)."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
     return path
 
 
