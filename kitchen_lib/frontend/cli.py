@@ -245,11 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command. A user's mistake (bad value, missing file, busy folder, ...) prints one line
     and exits 2; a bug in kitchen_lib exits 1 with its traceback. --debug (or KITCHEN_DEBUG=1)
-    prints the traceback for the first kind too."""
+    prints the traceback for the first kind too. Training stopped by SIGINT or SIGTERM saves
+    latest.pt, prints the command that resumes it and exits 128 + the signal (130, 143)."""
     from kitchen_lib.base.locks import FolderBusy
     from kitchen_lib.data.cache import CacheError
     from kitchen_lib.training.checkpoint import CheckpointError
     from kitchen_lib.training.divergence import TrainingDiverged
+    from kitchen_lib.training.interrupt import TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("KITCHEN_DEBUG", "") not in ("", "0")
@@ -262,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         rank = os.environ.get("RANK", "")  # under torchrun each rank says it: name the ones after rank 0
         print(f"{'' if rank in ('', '0') else f'rank {rank}: '}error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # saved where it stopped: exit as the signal would have (130, 143)
+        if os.environ.get("RANK", "") in ("", "0"):  # rank 0 says it for all
+            print(f"{e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
