@@ -70,11 +70,9 @@ def test_torch_dataset_gives_channels_first_floats(small_pairs):
 def test_cache_is_reused_and_rebuilt_when_config_changes(small_pairs, small_dataset):
     cfg = PairsConfig(dataset=small_dataset, k=5, size=32)
     stamp = os.stat(small_pairs.path / "frames.npy").st_mtime_ns
-    t0 = time.perf_counter()
     again = build_pairs(cfg, progress=False)
-    assert time.perf_counter() - t0 < 1.0  # a load, not a build (generous bound)
     assert again.path == small_pairs.path
-    assert os.stat(again.path / "frames.npy").st_mtime_ns == stamp
+    assert os.stat(again.path / "frames.npy").st_mtime_ns == stamp  # a load: a build writes the file anew
     for changed in (PairsConfig(dataset=small_dataset, k=3, size=32), PairsConfig(dataset=small_dataset, k=5, size=16),
                     PairsConfig(dataset=small_dataset, k=5, size=32, grayscale=True)):
         assert cache_dir_for(changed) != small_pairs.path

@@ -154,26 +154,44 @@ def test_damaged_checkpoints_are_refused_with_a_message(smoke_run, tmp_path):
         Trainer(smoke_cfg(state["config"]["data"]["dataset"], run), resume=str(run / "latest.pt"), progress=False)
 
 
+SAFETY_S = 900  # only against a hung process: the tests below wait on what runs write, never on the clock
+
+
+def steps_logged(folder: Path) -> int:
+    """Optimizer steps a run has logged in metrics.jsonl (a step is logged once it is done)."""
+    path = folder / "metrics.jsonl"
+    return sum('"loss":' in line for line in path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_until(done, proc: subprocess.Popen, what: str) -> None:
+    """Poll `done()` while `proc` runs; fail if it ends first (or, as a safety net, hangs)."""
+    deadline = time.monotonic() + SAFETY_S
+    while not done():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {SAFETY_S} s: the run hangs"
+        time.sleep(0.01)
+
+
 def test_a_second_training_into_a_busy_folder_is_refused_at_once(small_pairs, small_dataset, tmp_path):
     folder = tmp_path / "run"
-    first = subprocess.Popen(cli_train(small_dataset, folder, "--epochs", "60"), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (folder / ".lock").exists() or '"pid"' not in (folder / ".lock").read_text():
-        assert first.poll() is None and time.time() < deadline, "the first run ended before the second started"
-        time.sleep(0.05)
-    second = subprocess.run(cli_train(small_dataset, folder, "--epochs", "60"), capture_output=True, text=True, timeout=60)
+    # Far more epochs than it will run: the test stops it once the others have been refused.
+    first = subprocess.Popen(cli_train(small_dataset, folder, "--epochs", "1000"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    wait_until(lambda: (folder / ".lock").exists() and '"pid"' in (folder / ".lock").read_text(), first, "the lock")
+    second = subprocess.run(cli_train(small_dataset, folder, "--epochs", "60"), capture_output=True, text=True,
+                            timeout=SAFETY_S)
     resumed = subprocess.run(cli_train(small_dataset, folder, "--epochs", "60", "--resume_from_checkpoint", "latest"),
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=SAFETY_S)
     assert first.poll() is None, "the first run ended before the others were refused: the test proves nothing"
     assert second.returncode == 2 and f"in use by pid {first.pid}" in second.stderr, second.stderr
     assert resumed.returncode == 2 and "in use by pid" in resumed.stderr  # resuming a live run is refused too
-    out, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err[-2000:]
+    wait_until(lambda: steps_logged(folder) >= 1, first, "a step")  # it trains on, undisturbed
+    first.send_signal(signal.SIGTERM)  # stops after a step and saves it
+    assert first.wait(timeout=SAFETY_S) == 143
     steps = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == list(range(1, len(steps) + 1))  # one run's metrics, each step once
-    assert load_checkpoint(folder / "latest.pt")["epoch"] == 60
+    assert load_checkpoint(folder / "latest.pt")["step"] == len(steps)
 
 
 def test_a_folder_with_any_checkpoint_is_not_started_over_and_resume_falls_back(small_pairs, small_dataset, tmp_path, capsys):
@@ -225,15 +243,17 @@ def test_a_failed_checkpoint_write_is_a_clear_error(small_pairs, small_dataset, 
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # its temp file is gone too
 
 
-def _kill_at(cmd: list[str], seconds: float) -> int | None:
-    """Start cmd, kill -9 it after `seconds` (if still running); its exit code if it ended first."""
+def _kill_when(cmd: list[str], moment) -> bool:
+    """Start cmd and kill -9 it once `moment()` is true; whether it was still running then."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        return proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return None
+    deadline = time.monotonic() + SAFETY_S
+    while not moment() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the moment never came: the run hangs"
+        time.sleep(0.005)
+    running = proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL) if running else None
+    proc.wait()
+    return running
 
 
 def _temp_leftovers(folder: Path) -> list[str]:
@@ -242,22 +262,27 @@ def _temp_leftovers(folder: Path) -> list[str]:
 
 def test_kill_9_during_training_at_random_moments_then_the_next_run_recovers(small_pairs, small_dataset, tmp_path):
     rng = random.Random(11)
+    # Moments placed by what the run has written (7 steps an epoch, 8 epochs): a step before the
+    # first checkpoint, the moment an epoch file appears (latest.pt is written next), steps after.
+    moments = [("step", rng.randint(1, 6)), ("file", "epoch_0001.pt"), ("step", rng.randint(8, 27)),
+               ("file", f"epoch_{rng.randint(2, 5):04d}.pt"), ("step", rng.randint(29, 55))]
     killed, resumed = 0, 0
-    for i in range(5):
+    for i, (kind, at) in enumerate(moments):
         folder = tmp_path / f"run{i}"
         args = cli_train(small_dataset, folder, "--epochs", "8")
-        killed += _kill_at(args, rng.uniform(3, 12)) is None
+        killed += _kill_when(args, lambda f=folder, kind=kind, at=at: steps_logged(f) >= at if kind == "step"
+                             else (f / at).exists())
         # a kill during the first save leaves only a temp file (".latest.pt.tmp<pid>.<8>.pt"): not a checkpoint
         resume = ["--resume_from_checkpoint", "latest"] if resume_candidates(folder) else []
         resumed += bool(resume)
-        out = subprocess.run(args + resume, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(args + resume, capture_output=True, text=True, timeout=SAFETY_S)
         assert out.returncode == 0, (i, resume, out.stderr[-2000:])
         assert load_checkpoint(folder / "latest.pt")["epoch"] == 8
         assert _temp_leftovers(folder) == []
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         steps = [r["step"] for r in rows if "loss" in r]
         assert steps == list(range(1, len(steps) + 1)), i
-    assert killed >= 3 and resumed >= 1, (killed, resumed)  # the kills really landed during runs
+    assert (killed, resumed) == (5, 4), (killed, resumed)  # every kill landed in a run, four after a checkpoint
 
 
 def test_kill_9_while_building_pairs_then_the_next_build_recovers(small_dataset, tmp_path):
@@ -265,11 +290,7 @@ def test_kill_9_while_building_pairs_then_the_next_build_recovers(small_dataset,
     cmd = [sys.executable, "-m", "kitchen_lib", "pairs", "--dataset", small_dataset, "--size", "40", "--k", "3",
            "--dataset_dir", str(root), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not _temp_leftovers(root / "pairs"):  # killed while rendering into its temporary folder
-        assert proc.poll() is None and time.time() < deadline, "the build ended before it could be killed"
-        time.sleep(0.01)
-    time.sleep(random.Random(3).uniform(0, 0.5))
+    wait_until(lambda: _temp_leftovers(root / "pairs"), proc, "its temporary folder")  # killed while rendering into it
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _temp_leftovers(root / "pairs")
@@ -303,9 +324,9 @@ def test_kill_9_while_generating_then_the_next_run_recovers(tmp_path, monkeypatc
            "--max_steps", "30"]
     for _attempt in range(3):  # the window between the temporary store's creation and its move is short
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
+        deadline = time.monotonic() + SAFETY_S  # only against a hung process
         while not _temp_leftovers(store) and proc.poll() is None:  # killed while writing
-            assert time.time() < deadline
+            assert time.monotonic() < deadline
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL) if proc.poll() is None else None
         proc.wait()

@@ -263,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A user's mistake (a UserError: bad value, missing or damaged file, a folder
     that cannot be written, a busy folder, ...) prints one line and exits 2; anything else is a
     bug in kitchen_lib: its traceback, a line asking to report it, exit 1. --debug (or
-    KITCHEN_DEBUG=1) prints the traceback for the first kind too."""
+    KITCHEN_DEBUG=1) prints the traceback for the first kind too. Training stopped by SIGINT or
+    SIGTERM saves latest.pt, prints the command that resumes it and exits 128 + the signal (130, 143)."""
+    from kitchen_lib.training.interrupt import TrainingInterrupted
+
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("KITCHEN_DEBUG", "") not in ("", "0")
     rank = os.environ.get("RANK", "")  # under torchrun each rank says it: name the ones after rank 0
@@ -275,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{who}error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # saved where it stopped: exit as the signal would have (130, 143)
+        if not who:  # rank 0 says it for all
+            print(f"{e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -27,7 +27,10 @@ def epoch_batches(train_set: Dataset, tc: TrainConfig, world: World, epoch: int,
     """(index, batch) of this rank's batches of an epoch, from batch `start` on (a resumed epoch)."""
     order = epoch_order(len(train_set), tc.seed, epoch)  # the same on every rank; each reads its share
     batches = BatchSampler(distributed.rank_indices(order, tc.batch_size, world), tc.batch_size, drop_last=False)
-    loader = DataLoader(train_set, batch_size=None, sampler=batches, num_workers=tc.num_workers)
+    # Its own generator: a loader draws a seed when it starts, and from the global RNG (dropout's) that
+    # draw would come at the epoch's start in one run but at the resume point in a resumed one.
+    seeds = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
+    loader = DataLoader(train_set, batch_size=None, sampler=batches, num_workers=tc.num_workers, generator=seeds)
     for i, batch in enumerate(loader):
         if i >= start:
             yield i, to_device(batch, device)

@@ -134,13 +134,13 @@ def all_sum(world: World, values: list[float], device: torch.device) -> list[flo
     return t.tolist()
 
 
-def agree(world: World, loss: float, stop: bool, device: torch.device) -> tuple[float, bool]:
-    """One collective a step: the mean loss over the ranks, and whether any rank (rank 0's clock)
-    says stop. Every rank gets the same answer, so every rank decides the same."""
+def agree(world: World, loss: float, stops: list[bool], device: torch.device) -> tuple[float, list[bool]]:
+    """One collective a step: the mean loss over the ranks, and for each stop flag (rank 0's clock,
+    a signal) whether any rank raised it. Every rank gets the same answer, so every rank decides the same."""
     if world.size == 1:
-        return loss, stop
-    total, stops = all_sum(world, [loss, float(stop)], device)
-    return total / world.size, stops > 0
+        return loss, list(stops)
+    total, *raised = all_sum(world, [loss, *map(float, stops)], device)
+    return total / world.size, [r > 0 for r in raised]
 
 
 def barrier(world: World) -> None:
@@ -189,8 +189,32 @@ def rank_val_batches(n: int, batch: int, world: World) -> list[tuple[int, list[i
 def launch_command(size: int, argv: list[str] | None = None) -> str:
     """This command line (sys.argv) run by `size` processes on one machine: what to type to resume."""
     argv = sys.argv if argv is None else argv
-    ours = bool(argv) and Path(argv[0]).name == "__main__.py" and Path(argv[0]).parent.name == "kitchen_lib"
-    args = shlex.join(argv[1:]) if ours else "train ... --resume_from_checkpoint latest"
+    args = shlex.join(argv[1:]) if _ours(argv) else "train ... --resume_from_checkpoint latest"
     if size == 1:
         return f"python -m kitchen_lib {args}"
     return f"torchrun --nproc_per_node {size} -m kitchen_lib {args}"
+
+
+def resume_command(size: int, argv: list[str] | None = None) -> str:
+    """`launch_command` continuing this run: `--resume_from_checkpoint latest` once, no `--overwrite`
+    (which would start it over). argparse takes any unambiguous prefix of a flag, so those go too."""
+    argv = list(sys.argv if argv is None else argv)
+    if not _ours(argv):  # not run as `python -m kitchen_lib`: the generic command, which resumes
+        return launch_command(size, argv)
+    kept, i = argv[:1], 1
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if len(name) > 4 and "--resume_from_checkpoint".startswith(name):
+            i += 1 if "=" in argv[i] else 2  # the flag and its value
+            continue
+        if len(name) > 4 and "--overwrite".startswith(name):
+            i += 1
+            continue
+        kept.append(argv[i])
+        i += 1
+    return launch_command(size, kept + ["--resume_from_checkpoint", "latest"])
+
+
+def _ours(argv: list[str]) -> bool:
+    """Whether argv is `python -m kitchen_lib ...`'s (torchrun's ranks run it so too)."""
+    return bool(argv) and Path(argv[0]).name == "__main__.py" and Path(argv[0]).parent.name == "kitchen_lib"

@@ -36,6 +36,7 @@ from kitchen_lib.training import batches, distributed, divergence, run_state, ru
 from kitchen_lib.training.config import RunConfig, build_model
 from kitchen_lib.training.distributed import World
 from kitchen_lib.training.given_model import check_given_model
+from kitchen_lib.training.interrupt import StopRequest, TrainingInterrupted, signal_from_flags, stop_signals
 from kitchen_lib.training.lr_schedule import lr_factor
 from kitchen_lib.training.progress import advance, progress_bar
 from kitchen_lib.training.run_checkpoints import RunCheckpoints
@@ -202,23 +203,27 @@ class Trainer(RunCheckpoints):
                                tc.epochs * self.batches_per_epoch, enabled=self.progress and main)
             if self.world.size > 1:
                 self._say(bar, f"{self.world.size} processes, batch {tc.batch_size} each: global batch {tc.global_batch}")
-            while self.epoch < tc.epochs and not stopped_early:
-                self.train_model.train()
-                for i, batch in batches.epoch_batches(self.train_set, tc, self.world, self.epoch, self.batch_in_epoch,
-                                                      self.device):
-                    loss, gnorm, stopped_early = self._train_step(batch, deadline)
-                    self.batch_in_epoch = i + 1
-                    samples += tc.global_batch
-                    self._log_step(loss, gnorm, writer)
-                    advance(bar, tc, t0, self.opt_step, self.epoch, loss)
+            with stop_signals() as stop:  # Ctrl-C and SIGTERM stop after a step, all ranks alike
+                while self.epoch < tc.epochs and not stopped_early:
+                    self.train_model.train()
+                    for i, batch in batches.epoch_batches(self.train_set, tc, self.world, self.epoch,
+                                                          self.batch_in_epoch, self.device):
+                        loss, gnorm, stopped_early, signum = self._train_step(batch, deadline, stop)
+                        self.batch_in_epoch = i + 1
+                        samples += tc.global_batch
+                        self._log_step(loss, gnorm, writer)
+                        advance(bar, tc, t0, self.opt_step, self.epoch, loss)
+                        if stopped_early:
+                            break
                     if stopped_early:
+                        self._save("latest.pt")
+                        command = distributed.resume_command(self.world.size)
+                        if signum:
+                            raise TrainingInterrupted(signum, self.opt_step, self.epoch, command)
+                        self._say(bar, f"stopped after {tc.max_minutes:.1f} minutes at epoch {self.epoch}, optimizer "
+                                       f"step {self.opt_step}; resume with {command}")
                         break
-                if stopped_early:
-                    self._save("latest.pt")
-                    self._say(bar, f"stopped after {tc.max_minutes:.1f} minutes at epoch {self.epoch}, optimizer step "
-                                   f"{self.opt_step}; resume with --resume_from_checkpoint latest")
-                    break
-                self._end_epoch(writer, bar)
+                    self._end_epoch(writer, bar)
             if main:
                 runlog.add_hparams(writer, self.cfg.to_dict(), self.last_val, self.best_val,
                                    {"train.global_batch": tc.global_batch})
@@ -232,13 +237,13 @@ class Trainer(RunCheckpoints):
         return TrainResult(self.ckpt_dir, self.tb_dir, self.epoch, self.opt_step, self.last_val, self.best_val, seconds,
                            samples / max(seconds, 1e-9), stopped_early, count_parameters(self.model.net))
 
-    def _train_step(self, batch: dict[str, torch.Tensor], deadline: float) -> tuple[float, float, bool]:
-        """One optimizer step: (mean loss over the ranks, gradient norm, whether the time budget is spent)."""
+    def _train_step(self, batch: dict[str, torch.Tensor], deadline: float, stop: StopRequest) -> tuple[float, float, bool, int]:
+        """One optimizer step: (mean loss over the ranks, gradient norm, whether to stop after it, the signal or 0)."""
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
             loss = self.train_model.loss(batch, self.noise_gen, part=self.world.part)
-        # One collective: the loss every rank logs and checks, and rank 0's clock, so all stop together.
-        value, time_up = distributed.agree(self.world, loss.item(), self.world.is_main and time.time() > deadline,
-                                           self.device)
+        # One collective: the loss every rank logs and checks, rank 0's clock and the signals, so all stop together.
+        value, (time_up, *signals) = distributed.agree(
+            self.world, loss.item(), [self.world.is_main and time.time() > deadline, *stop.flags()], self.device)
         self._stop_if(divergence.loss_problem(value, self.early_losses))
         if len(self.early_losses) < divergence.REFERENCE_STEPS:
             self.early_losses.append(value)
@@ -252,7 +257,8 @@ class Trainer(RunCheckpoints):
         self.sched.step()
         self.ema.update_parameters(self.model.net)
         self.opt_step += 1
-        return value, gnorm, time_up
+        signum = signal_from_flags(signals)
+        return value, gnorm, time_up or bool(signum), signum
 
     def _log_step(self, loss: float, gnorm: float, writer) -> None:
         if not self.world.is_main:
