@@ -179,8 +179,7 @@ class Trainer(RunCheckpoints):
         g = torch.Generator(device=self.device).manual_seed(0)
         pred = self.ema_model.eval().predict(batch, self.cfg.sampler, g)
         self.model.train(was_training)
-        rows = zip(*(to_image(x) for x in (batch["current"], pred, batch["future"])), strict=True)
-        return image_grid([list(row) for row in rows])
+        return image_grid([list(row) for row in zip(*(to_image(x) for x in (batch["current"], pred, batch["future"])))])
 
     def fit(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
