@@ -179,7 +179,7 @@ class Trainer(RunCheckpoints):
         g = torch.Generator(device=self.device).manual_seed(0)
         pred = self.ema_model.eval().predict(batch, self.cfg.sampler, g)
         self.model.train(was_training)
-        return image_grid([list(row) for row in zip(*(to_image(x) for x in (batch["current"], pred, batch["future"])))])
+        return image_grid([list(row) for row in zip(*(to_image(x) for x in (batch["current"], pred, batch["future"])), strict=True)])
 
     def fit(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
