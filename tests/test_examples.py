@@ -94,7 +94,8 @@ def test_training_evaluation_the_demo_and_a_rollout_give_the_model_the_same_tens
 
     training = inputs_of(ExampleSet(small_pairs, rows, cfg.conditioning)[[i]])
     seen = _spy(model)
-    evaluate(p, small_pairs, "test", SamplerConfig("ddim", 1), progress=False, mean_of=1, x0=False, shuffled=False)
+    evaluate(p, small_pairs, "test", SamplerConfig("ddim", 1), progress=False, mean_of=1, x0=False, shuffled=False,
+             batch=len(rows))  # one batch: the first network call sees every test pair
     evaluation = {key: v[i : i + 1] for key, v in seen[0].items()}
     demo = PredictionDemo(p, small_pairs, SamplerConfig("ddim", 1), rollout_horizon=1)
     demo.episode.value = episode

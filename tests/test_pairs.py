@@ -246,3 +246,21 @@ def test_dataset_fingerprint_follows_content_not_timestamps(small_dataset):
         assert fingerprint(copy) != before
     finally:
         shutil.rmtree(dataset_path(copy))
+
+
+def test_a_cache_named_by_the_old_fingerprint_is_adopted_not_rendered_again(small_pairs, tmp_path):
+    """Caches built while the key hashed the dataset files' sizes and mtimes are found and renamed."""
+    import shutil
+
+    from kitchen_lib.data.cache_builder import legacy_cache_dir
+
+    root = tmp_path / "pairs"
+    cfg = small_pairs.config
+    old = legacy_cache_dir(cfg, root)
+    assert old.name != cache_dir_for(cfg, root).name  # the key did change
+    shutil.copytree(small_pairs.path, old)
+    stamp = os.stat(old / "frames.npy").st_mtime_ns
+    cache = build_pairs(cfg, root=root, progress=False)
+    assert cache.path == cache_dir_for(cfg, root) and not old.exists()
+    assert os.stat(cache.path / "frames.npy").st_mtime_ns == stamp  # renamed, not rendered
+    assert np.array_equal(cache.frames, small_pairs.frames)

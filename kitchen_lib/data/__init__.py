@@ -2,8 +2,8 @@
 
 kitchen (the FrankaKitchen-v1 scene), controller and expert (the scripted policy), generate (our
 offline Minari dataset), datasets (reading any kitchen dataset, D4RL's or ours), render (states to
-frames), pairs (the split and the pairs' config), cache (the pairs cache on disk), conditioning
-(what a world model sees besides the frame).
+frames), pairs (the split and the pairs' config), cache and cache_builder (the pairs cache on
+disk and its one writer), examples (what a model is given, gathered from the cache or an episode).
 
 May import: base, data.
 """

@@ -165,11 +165,19 @@ class PairsCache:
         splits = SPLITS if split == "all" else (split,)
         return spread(np.concatenate([self.pairs(s) for s in splits]), max_pairs, f"the {split} split")
 
+    @cached_property
+    def _num_frames(self) -> dict[int, int]:
+        return {e["index"]: e["num_frames"] for e in self.meta["episodes"]}
+
+    def num_frames(self, episodes: np.ndarray) -> np.ndarray:
+        """(B,) episodes -> (B,) frames each holds (T+1)."""
+        self.first_frames(episodes)  # an unknown episode gets its message there
+        return np.array([self._num_frames[int(e)] for e in episodes], dtype=np.int64)
+
     def episode_rows(self, episode: int) -> slice:
         """The rows of one episode's frames."""
         first = int(self.first_frames(np.array([episode]))[0])
-        n = next(e["num_frames"] for e in self.meta["episodes"] if e["index"] == episode)
-        return slice(first, first + n)
+        return slice(first, first + self._num_frames[int(episode)])
 
     def episode_frames(self, episode: int) -> np.ndarray:
         """(T+1, H, W, C) uint8 frames of one episode."""

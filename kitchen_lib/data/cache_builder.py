@@ -25,7 +25,7 @@ from kitchen_lib.base.images import to_grayscale
 from kitchen_lib.base.locks import clean_stale, folder_lock, hold_temp, let_go, owner_tag, user_file_mode
 from kitchen_lib.base.paths import atomic_path, data_dir, fsync_dir, fsync_file
 from kitchen_lib.data.cache import CACHE_FORMAT, FRAME_ARRAYS, PairsCache, file_digest, load_cache
-from kitchen_lib.data.datasets import episode_lengths, fingerprint, iter_episodes
+from kitchen_lib.data.datasets import dataset_path, episode_lengths, fingerprint, iter_episodes
 from kitchen_lib.data.kitchen import state_from_observation
 from kitchen_lib.data.pairs import SPLITS, PairsConfig, pair_steps, split_episodes
 from kitchen_lib.data.render import render_chunks
@@ -38,6 +38,16 @@ def _cache_key(cfg: PairsConfig, lengths: list[int]) -> dict:
 def cache_dir_for(cfg: PairsConfig, root: Path | None = None) -> Path:
     lengths = _used_lengths(cfg)
     digest = hashlib.sha256(json.dumps(_cache_key(cfg, lengths), sort_keys=True).encode()).hexdigest()[:16]
+    return (root or data_dir() / "pairs") / f"pairs-{digest}"
+
+
+def legacy_cache_dir(cfg: PairsConfig, root: Path | None = None) -> Path:
+    """Where these pairs were cached while the dataset's fingerprint was its files' sizes and
+    modification times (before content digests): such a cache is adopted, not rendered again."""
+    data = dataset_path(cfg.dataset) / "data"
+    old = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(data.iterdir()) if p.is_file())
+    key = _cache_key(cfg, _used_lengths(cfg)) | {"dataset_fingerprint": old}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return (root or data_dir() / "pairs") / f"pairs-{digest}"
 
 
@@ -66,6 +76,11 @@ def build_pairs(
     say = (lambda holder: print(f"waiting for {holder}, which is building these pairs ({path.name})", flush=True)) \
         if progress else None
     with folder_lock(path.parent, f"the pairs cache {path.name}", wait=True, on_wait=say, name=f".{path.name}.lock"):
+        legacy = legacy_cache_dir(cfg, root)
+        if not path.exists() and not force and legacy.is_dir():
+            legacy.rename(path)  # same data, same settings: only the name's key changed
+            if progress:
+                print(f"using the pairs cache {legacy.name}, renamed {path.name} (its key now hashes the data's content)")
         if path.exists() and not force:
             cache = load_cache(path, cfg)
             _add_frame_arrays(cache)  # a cache built before they existed

@@ -95,7 +95,8 @@ class VectorLayout:
 
 def _need(array: np.ndarray | None, name: str) -> np.ndarray:
     if array is None:
-        raise ValueError(f"this model is conditioned on {name}, which the frames it was given do not carry")
+        raise UserError(f"this model is conditioned on {name}, which the frames it was given do not carry "
+                        f"(open the cache with build_pairs, which adds them)")
     return array
 
 
@@ -113,6 +114,8 @@ class FrameSource(Protocol):
 
     def first_frames(self, episodes: np.ndarray) -> np.ndarray: ...  # (B,) row of each episode's frame 0
 
+    def num_frames(self, episodes: np.ndarray) -> np.ndarray: ...  # (B,) frames of each episode (T+1)
+
 
 @dataclass
 class Episode:
@@ -126,6 +129,9 @@ class Episode:
 
     def first_frames(self, episodes: np.ndarray) -> np.ndarray:
         return np.zeros(len(episodes), np.int64)
+
+    def num_frames(self, episodes: np.ndarray) -> np.ndarray:
+        return np.full(len(episodes), len(self.frames), np.int64)
 
     def with_actions(self, actions: np.ndarray) -> Episode:
         """The same episode driven by other actions (another episode's, same steps: "what if")."""
@@ -147,18 +153,30 @@ def gather(source: FrameSource, rows: np.ndarray, cfg: ConditioningConfig, targe
     """(B, 2) (episode, step) rows -> the examples' arrays (kitchen_lib.base.example): "current",
     "context" and "vector" as `cfg` asks, and "future" when `target`."""
     rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+    layout = cfg.vector(source.k)
+    _check_steps(source, rows, source.k if target or "actions" in layout.parts() else 0)
     first = source.first_frames(rows[:, 0])
     current = first + rows[:, 1]
     out = {"current": np.asarray(source.frames[current])}
     if cfg.context_frames:
         ctx = context_rows(current, first, cfg.context_frames, source.k)  # (B, N)
         out["context"] = np.asarray(source.frames[ctx.ravel()]).reshape(*ctx.shape, *source.frames.shape[1:])
-    layout = cfg.vector(source.k)
     if layout.dim:
         out["vector"] = layout.build(source, current)
     if target:
         out["future"] = np.asarray(source.frames[current + source.k])
     return out
+
+
+def _check_steps(source: FrameSource, rows: np.ndarray, ahead: int) -> None:
+    """Every step has its frame, and `ahead` frames after it, inside its own episode: the cache
+    keeps episodes end to end, so a step past one's end would read the next one's frames."""
+    last = source.num_frames(rows[:, 0]) - 1  # T, the last step of each row's episode
+    bad = (rows[:, 1] < 0) | (rows[:, 1] + ahead > last)
+    if bad.any():
+        (episode, step), t = rows[bad][0], int(last[bad][0])
+        raise UserError(f"episode {episode} has no step {step} with a frame {ahead} steps after it "
+                        f"(steps 0..{t - ahead} do; {int(bad.sum())} such rows)")
 
 
 class ExampleSet(Dataset):
@@ -186,7 +204,7 @@ def shuffled_actions(vector: np.ndarray, layout: VectorLayout, seed: int = 0) ->
     """The same vectors with each pair's actions replaced by another pair's (a fixed-seed
     permutation with no pair kept), the rest left alone: does the model use the actions?"""
     if "actions" not in layout.parts() or len(vector) < 2:
-        raise ValueError("shuffling actions needs an action-conditioned model and at least 2 pairs")
+        raise UserError("shuffling actions needs an action-conditioned model and at least 2 pairs")
     order = np.random.default_rng(seed).permutation(len(vector))
     perm = np.empty_like(order)
     perm[order] = np.roll(order, -1)  # one cycle through a random order: nobody keeps their own

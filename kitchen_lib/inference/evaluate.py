@@ -121,11 +121,12 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
     splits, not for JSON or large splits)."""
     from tqdm.auto import tqdm
 
-    want = (predictor.config.data.size, predictor.config.data.channels, predictor.config.data.k)
     have = (cache.meta["config"]["size"], cache.frames.shape[-1], cache.k)
-    if want != have:
-        raise UserError(f"the model was trained on (size, channels, k) = {want} but these pairs are {have}: "
-                         f"build pairs with the model's settings")
+    for who, p in (("the model", predictor), ("the regression model", regression)):
+        want = None if p is None else (p.config.data.size, p.config.data.channels, p.config.data.k)
+        if want is not None and want != have:
+            raise UserError(f"{who} was trained on (size, channels, k) = {want} but these pairs are {have}: "
+                            f"build pairs with its settings")
     sampler = sampler or predictor.sampler
     rows = cache.select(split, max_pairs)
     swapped = None

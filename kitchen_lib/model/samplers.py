@@ -9,7 +9,7 @@ reads the process only through `Diffusion` (schedule, posterior, the clipped x0/
           "trailing" spacing (Lin et al. 2024): it starts at t = T-1 and its last network call is
           at t = T/steps - 1, not at t = 0, where a call would change almost nothing.
 
-SAMPLERS is the one list of samplers: `SamplerConfig` (kitchen_lib.model.diffusion) picks from
+SAMPLERS is the one list of samplers: `SamplerConfig` (below) picks from
 it by name, and the CLI's --sampler choices, the demo's buttons and a test of the README read it.
 Adding a sampler is a subclass of `Sampler` and `@register_sampler` above it.
 """

@@ -1,16 +1,14 @@
-"""The conditional U-Net: (noisy future frame, t, current frame) -> prediction.
+"""The conditional U-Net: net(x_t, t, inputs) -> prediction (inputs: kitchen_lib.base.example).
 
-The current frame is simply stacked with the noisy future frame on the channel axis (6 input
-channels for RGB, 2 for grayscale): the network sees both at every pixel from the first layer,
-which is all a same-viewpoint prediction needs.
+The current frame (and a world model's N past frames) are stacked with the noisy future frame on
+the channel axis: the network sees them all at every pixel from the first layer. Every res block
+gets the time embedding (sinusoidal features of t through an MLP), which a world model's vector joins.
 
-    input  (B, 2C, H, W) --conv--> base channels
+    input  (B, (2+N)C, H, W) --conv--> base channels
     down   per level: res blocks (+ attention at chosen levels), then halve H, W
     middle res block, attention, res block at the lowest resolution
     up     per level: res blocks on [features, skip] (+ attention), then double H, W
     output GroupNorm, SiLU, conv -> (B, C, H, W)
-
-Every res block receives the time embedding: sinusoidal features of t through an MLP.
 """
 
 from __future__ import annotations
@@ -286,6 +284,9 @@ class ConditionalUNet(nn.Module):
         if self.vector_dim and (vector is None or vector.shape[-1] != self.vector_dim):
             got = None if vector is None else tuple(vector.shape)
             raise ValueError(f"this model needs a conditioning vector (B, {self.vector_dim}); got {got}")
+        extra = [k for k, v, n in (("context", context, self.context_frames), ("vector", vector, self.vector_dim)) if v is not None and not n]
+        if extra:  # else a frame-only net would drop them silently
+            raise ValueError(f"this model takes no {' or '.join(extra)}: it was built without them")
 
 
 def channels_last(model: nn.Module) -> nn.Module:

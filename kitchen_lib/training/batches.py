@@ -26,20 +26,20 @@ def epoch_batches(train_set: Dataset, tc: TrainConfig, world: World, epoch: int,
                   device: torch.device) -> Iterator[tuple[int, Batch]]:
     """(index, batch) of this rank's batches of an epoch, from batch `start` on (a resumed epoch)."""
     order = epoch_order(len(train_set), tc.seed, epoch)  # the same on every rank; each reads its share
-    batches = BatchSampler(distributed.rank_indices(order, tc.batch_size, world), tc.batch_size, drop_last=False)
+    batches = list(BatchSampler(distributed.rank_indices(order, tc.batch_size, world), tc.batch_size, drop_last=False))
     # Its own generator: a loader draws a seed when it starts, and from the global RNG (dropout's) that
     # draw would come at the epoch's start in one run but at the resume point in a resumed one.
     seeds = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
-    loader = DataLoader(train_set, batch_size=None, sampler=batches, num_workers=tc.num_workers, generator=seeds)
-    for i, batch in enumerate(loader):
-        if i >= start:
-            yield i, to_device(batch, device)
+    loader = DataLoader(train_set, batch_size=None, sampler=batches[start:], num_workers=tc.num_workers, generator=seeds)
+    for i, batch in enumerate(loader, start):  # a resumed epoch skips its done batches without reading them
+        yield i, to_device(batch, device)
 
 
 def val_batches(val_set: Dataset, tc: TrainConfig, world: World, device: torch.device) -> Iterator[tuple[int, Batch]]:
     """(index, batch) of the validation batches this rank scores (distributed.rank_val_batches)."""
     mine = distributed.rank_val_batches(len(val_set), max(tc.global_batch, 32), world)
-    loader = DataLoader(val_set, batch_size=None, sampler=[items for _, items in mine])
+    # Its own generator, as for training: no draw from the global RNG (dropout's) at validation.
+    loader = DataLoader(val_set, batch_size=None, sampler=[items for _, items in mine], generator=torch.Generator().manual_seed(0))
     for (i, _), batch in zip(mine, loader, strict=True):
         yield i, to_device(batch, device)
 

@@ -73,7 +73,8 @@ def stop_signals() -> Iterator[StopRequest]:
             signal.signal(s, handler)
 
     for s in STOP_SIGNALS:
-        signal.signal(s, note)
+        if previous[s] is not signal.SIG_IGN:  # a run started with the signal ignored (nohup, `cmd &`) keeps it so
+            signal.signal(s, note)
     try:
         yield request
     finally:

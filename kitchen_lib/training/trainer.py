@@ -1,7 +1,5 @@
 """Training: AdamW, gradient clipping, EMA weights, AMP on CUDA, validation, checkpoints,
-exact resume (kitchen_lib.training.run_state), TensorBoard.
-
-The Trainer owns its state: state_dict() is what a checkpoint holds (the schema is
+exact resume (kitchen_lib.training.run_state), TensorBoard. The Trainer owns its state: state_dict() is what a checkpoint holds (the schema is
 kitchen_lib.training.checkpoint's) and load_state_dict() puts it back. It trains the model and
 data sets its config describes, or a model and data sets handed to it (see `Trainer`).
 
@@ -136,8 +134,7 @@ class Trainer(RunCheckpoints):
             make_room(self.ckpt_dir, held, fresh=state is None)
 
     def _open_data(self, force_rebuild: bool) -> None:
-        """The pairs cache and the training and validation sets (a world model's cache gains its
-        vector files), unless the sets were handed in."""
+        """The pairs cache and the training and validation sets, unless the sets were handed in."""
         cfg, tc = self.cfg, self.cfg.train
         if self.train_set is None:
             self.cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=force_rebuild,
@@ -147,6 +144,8 @@ class Trainer(RunCheckpoints):
         if len(self.train_set) < tc.global_batch:
             each = f" ({tc.batch_size} per process x {self.world.size})" if self.world.size > 1 else ""
             raise UserError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.global_batch}{each}")
+        if len(self.val_set) == 0:  # every epoch ends in validation, and the best checkpoint is chosen by it
+            raise UserError("no validation pairs: give the validation split some episodes (--val_fraction above 0)")
 
     def _say(self, bar, text: str) -> None:
         if self.world.is_main:
