@@ -206,3 +206,17 @@ def test_world_preset_trains_predicts_and_evaluates_with_shuffled_actions(small_
     assert demo.actions_info.value != own and "PSNR" in demo.info.value
     demo.run_rollout()
     assert demo.rollout_view.value and "PSNR" in demo.rollout_info.value
+
+
+def test_a_step_outside_its_episode_is_refused_not_read_from_the_next(small_pairs):
+    from kitchen_lib.base.errors import UserError
+
+    episode = int(small_pairs.meta["episodes"][0]["index"])  # the cache's first: another one follows it
+    last = int(small_pairs.num_frames(np.array([episode]))[0]) - 1
+    ok = gather(small_pairs, np.array([[episode, last - small_pairs.k]]), WORLD)
+    assert ok["future"].shape[0] == 1
+    for step in (last - small_pairs.k + 1, -1):
+        with pytest.raises(UserError, match=f"episode {episode} has no step {step}"):
+            gather(small_pairs, np.array([[episode, step]]), WORLD)
+    # Without a target or actions the last frame itself is a valid current frame.
+    assert gather(small_pairs, np.array([[episode, last]]), ConditioningConfig(context_frames=1), target=False)
