@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -173,6 +174,13 @@ class PairsCache:
         """(B,) episodes -> (B,) frames each holds (T+1)."""
         self.first_frames(episodes)  # an unknown episode gets its message there
         return np.array([self._num_frames[int(e)] for e in episodes], dtype=np.int64)
+
+    def release(self) -> None:
+        """Unmap the frame pages this process has read (they stay in the OS page cache): a pass over
+        a whole split then keeps its resident memory flat instead of growing to the file's size."""
+        mapped = getattr(self.frames, "_mmap", None)  # np.memmap's mapping; absent for in-memory frames
+        if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapped.madvise(mmap.MADV_DONTNEED)
 
     def episode_rows(self, episode: int) -> slice:
         """The rows of one episode's frames."""
