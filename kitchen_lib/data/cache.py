@@ -120,16 +120,23 @@ class PairsCache:
         return self.meta["config"]["k"]
 
     @cached_property
-    def first_frame(self) -> dict[int, int]:
-        """Episode -> the row of its frame 0 in `frames`: the episode index, built once."""
-        return {e["index"]: e["first_frame"] for e in self.meta["episodes"]}
+    def episode_index(self) -> dict[int, tuple[int, int]]:
+        """Episode -> (the row of its frame 0 in `frames`, how many frames it has): built once."""
+        return {e["index"]: (e["first_frame"], e["num_frames"]) for e in self.meta["episodes"]}
+
+    def _per_episode(self, episodes: np.ndarray, part: int) -> np.ndarray:
+        try:
+            return np.array([self.episode_index[int(e)][part] for e in episodes], dtype=np.int64)
+        except KeyError as e:
+            raise UserError(f"episode {e.args[0]} is not in this cache (episodes {sorted(self.episode_index)})") from None
 
     def first_frames(self, episodes: np.ndarray) -> np.ndarray:
         """(B,) episodes -> (B,) rows of their frame 0."""
-        try:
-            return np.array([self.first_frame[int(e)] for e in episodes], dtype=np.int64)
-        except KeyError as e:
-            raise UserError(f"episode {e.args[0]} is not in this cache (episodes {sorted(self.first_frame)})") from None
+        return self._per_episode(episodes, 0)
+
+    def num_frames(self, episodes: np.ndarray) -> np.ndarray:
+        """(B,) episodes -> (B,) frames each holds (T+1)."""
+        return self._per_episode(episodes, 1)
 
     def array(self, name: str) -> np.ndarray:
         """A per-frame array (FRAME_ARRAYS), (F, columns): checked against frames.npy, its
@@ -166,15 +173,6 @@ class PairsCache:
         splits = SPLITS if split == "all" else (split,)
         return spread(np.concatenate([self.pairs(s) for s in splits]), max_pairs, f"the {split} split")
 
-    @cached_property
-    def _num_frames(self) -> dict[int, int]:
-        return {e["index"]: e["num_frames"] for e in self.meta["episodes"]}
-
-    def num_frames(self, episodes: np.ndarray) -> np.ndarray:
-        """(B,) episodes -> (B,) frames each holds (T+1)."""
-        self.first_frames(episodes)  # an unknown episode gets its message there
-        return np.array([self._num_frames[int(e)] for e in episodes], dtype=np.int64)
-
     def release(self) -> None:
         """Unmap the frame pages this process has read (they stay in the OS page cache): a pass over
         a whole split then keeps its resident memory flat instead of growing to the file's size."""
@@ -184,8 +182,8 @@ class PairsCache:
 
     def episode_rows(self, episode: int) -> slice:
         """The rows of one episode's frames."""
-        first = int(self.first_frames(np.array([episode]))[0])
-        return slice(first, first + self._num_frames[int(episode)])
+        first = int(self.first_frames(np.array([episode]))[0])  # an unknown episode gets its message here
+        return slice(first, first + self.episode_index[int(episode)][1])
 
     def episode_frames(self, episode: int) -> np.ndarray:
         """(T+1, H, W, C) uint8 frames of one episode."""
