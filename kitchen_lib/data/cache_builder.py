@@ -76,8 +76,8 @@ def build_pairs(
     say = (lambda holder: print(f"waiting for {holder}, which is building these pairs ({path.name})", flush=True)) \
         if progress else None
     with folder_lock(path.parent, f"the pairs cache {path.name}", wait=True, on_wait=say, name=f".{path.name}.lock"):
-        legacy = legacy_cache_dir(cfg, root)
-        if not path.exists() and not force and legacy.is_dir():
+        legacy = None if path.exists() or force else legacy_cache_dir(cfg, root)
+        if legacy is not None and legacy.is_dir():
             legacy.rename(path)  # same data, same settings: only the name's key changed
             if progress:
                 print(f"using the pairs cache {legacy.name}, renamed {path.name} (its key now hashes the data's content)")

@@ -38,7 +38,7 @@ from kitchen_lib.data.cache import PairsCache
 from kitchen_lib.data.examples import shuffled_actions
 from kitchen_lib.data.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES
 from kitchen_lib.inference.baselines import copy_frame
-from kitchen_lib.inference.metrics import frame_scores
+from kitchen_lib.inference.metrics import SCORE_KEYS, frame_scores, summarise_table
 from kitchen_lib.inference.predictor import Predictor, load_predictor
 from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.training.runs import regression_beside
@@ -58,9 +58,6 @@ def moving_tasks(cache: PairsCache, rows: np.ndarray) -> dict[str, np.ndarray]:
         delta = np.linalg.norm(objects[current + cache.k][:, idx] - objects[current][:, idx], axis=1)
         out[task] = delta > TASK_MOTION
     return out
-
-
-SCORE_KEYS = ("psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving")
 
 
 def _predict(p: Predictor, inputs: dict[str, np.ndarray], sampler: SamplerConfig, seed: int,
@@ -94,12 +91,6 @@ def _batch_predictions(predictor: Predictor, regression: Predictor | None, cache
         same = regression.conditioning == predictor.conditioning  # its twin: the same examples
         preds["regression"] = _predict(regression, inputs if same else regression.inputs(cache, rows), sampler, seed)
     return preds
-
-
-def _summary(scores: np.ndarray) -> dict[str, float]:
-    """(N, 5) scores (SCORE_KEYS) -> their means, NaN-aware as metrics.summarise."""
-    return {k: float(np.nanmean(col)) if np.isfinite(col).any() else float("nan") for k, col in zip(SCORE_KEYS, scores.T,
-                                                                                                     strict=True)}
 
 
 def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: SamplerConfig | None = None,
@@ -154,12 +145,12 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
             kept.setdefault("future", []).append(inputs["future"])
         cache.release()  # the frames read so far: mapped pages would count as ours up to the file's size
     table = {m: np.concatenate(s) for m, s in scores.items()}
-    methods = {m: _summary(s) | {"seconds_per_frame": seconds[m] / len(rows)} for m, s in table.items()}
+    methods = {m: summarise_table(s) | {"seconds_per_frame": seconds[m] / len(rows)} for m, s in table.items()}
     per_task = {}
     for task, moving in moving_tasks(cache, rows).items():
         sel = np.flatnonzero(moving)
         per_task[task] = {"pairs": int(len(sel)),
-                          "methods": {m: _summary(s[sel]) if len(sel) else {} for m, s in table.items()}}
+                          "methods": {m: summarise_table(s[sel]) if len(sel) else {} for m, s in table.items()}}
     result = {
         "dataset": cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
         "sampler": sampler.name, "sampling_steps": predictor.model.network_calls(sampler), "mean_of": mean_of,

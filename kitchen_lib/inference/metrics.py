@@ -79,11 +79,15 @@ def frame_scores(current: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> di
     return scores
 
 
+SCORE_KEYS = ("psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving")  # frame_scores' keys
+
+
+def summarise_table(scores: np.ndarray) -> dict[str, float]:
+    """(N, 5) scores, columns SCORE_KEYS -> the mean of each (NaN-aware for the moving-pixel scores)."""
+    return {k: float(np.nanmean(col)) if np.isfinite(col).any() else float("nan")
+            for k, col in zip(SCORE_KEYS, np.asarray(scores, dtype=float).reshape(-1, len(SCORE_KEYS)).T, strict=True)}
+
+
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each score over frames (NaN-aware for the moving-pixel scores)."""
-    keys = ("psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving")
-    out = {}
-    for k in keys:
-        vals = np.array([r[k] for r in rows], dtype=float)
-        out[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-    return out
+    return summarise_table(np.array([[r[k] for k in SCORE_KEYS] for r in rows], dtype=float))
