@@ -159,3 +159,12 @@ def test_a_temp_whose_owner_holds_its_lock_is_kept_whatever_its_pid_says(tmp_pat
     assert removed == [stale] and not stale.exists()
     assert clean_stale(tmp_path) == [held_dir]  # its owner let go: now it is stale
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]
+
+
+def test_the_default_data_folder_is_the_repositorys_data_folder(monkeypatch):
+    """In a source checkout the default is <repository>/data (git-ignored), never a folder inside
+    the package (kitchen_lib/data is the data layer's code)."""
+    monkeypatch.delenv("KITCHEN_DATA_DIR", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    assert (repo / "data").is_dir()  # data/README.md is committed
+    assert data_dir() == repo / "data"

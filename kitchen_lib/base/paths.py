@@ -17,7 +17,7 @@ def data_dir() -> Path:
     env = os.environ.get("KITCHEN_DATA_DIR")
     if env:
         return Path(env)
-    repo_data = Path(__file__).resolve().parents[1] / "data"
+    repo_data = Path(__file__).resolve().parents[2] / "data"  # kitchen_lib/base/paths.py -> the repository
     return repo_data if repo_data.is_dir() else Path.cwd() / "data"
 
 
