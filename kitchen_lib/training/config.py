@@ -101,8 +101,12 @@ class RunConfig:
     """Everything a run needs, one dataclass per concern. `RunConfig()` is the `cpu` preset."""
 
     data: PairsConfig = field(default_factory=PairsConfig)
-    model: UNetConfig = field(default_factory=UNetConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # 2x2 patches (the U-Net's top level at 32px): 4x the optimizer steps a CPU minute, worth
+    # +1.5 dB on the moving pixels at 64px (bench/ablation.py; docs/results.md).
+    model: UNetConfig = field(default_factory=lambda: UNetConfig(patch_size=2))
+    # Trained mostly where DDIM-2 calls the network (t = 999 and 499): t = T u^0.4, 18% of the
+    # steps below t = 500 (0.25 left samples no sharper than the regression; 0.5 cost PSNR).
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(timestep_power=0.4))
     train: TrainConfig = field(default_factory=TrainConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)  # the past, actions, joint state
     # The run's default way to predict. DDIM-2 for the cpu presets: on a 20-minute model it scores
@@ -157,7 +161,8 @@ _SMOKE = {
     "data": {"dataset": SMOKE_DATASET_ID, "size": 32},
     "generate": {"episodes": 3, "max_steps": 60},
     "model": {"base_channels": 16, "channel_mults": (1, 2), "attention_levels": (1,), "time_emb_dim": 32,
-              "time_mlp_dim": 64, "dropout": 0.0},
+              "time_mlp_dim": 64, "dropout": 0.0, "patch_size": 1},
+    "diffusion": {"timestep_power": 1.0},
     "train": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 5, "ema_decay": 0.9,
               "log_freq": 2, "log_image_every": 10, "max_minutes": None},
     "sampler": {"steps": 5},
@@ -166,16 +171,8 @@ _SMOKE = {
 # What turns a frame-only preset into a world model (bench/ablation.py --preset cpu-world chose it).
 _WORLD = {
     "conditioning": {"context_frames": 2, "actions": True, "proprio": True},
-    # Patches of 2x2 (the U-Net's top level at 32px): 4x the steps in the same 20 minutes, worth
-    # +2.9 dB on the full frame and +3.2 dB on the moving pixels over the same preset at 64px (README).
-    "model": {"adagn": True, "patch_size": 2},
-    # Train mostly where DDIM-2 calls the network (t = 999 and 499): at 64px, 0.25 against uniform
-    # t was +0.9 dB; with patches, 0.25 left samples no sharper than the regression and 0.5 cost
-    # the PSNR margin; 0.4 keeps both (two 20-minute runs; README).
-    "diffusion": {"timestep_power": 0.4},
-    # bench/samplers.py on the 20-minute model: DDIM-2 has the best PSNR of the samplers clearly
-    # sharper than the same-budget regression (DDIM-1 is its blur), at about 0.04 s a frame.
-    "sampler": {"steps": 2},
+    # The vector scales as well as shifts each res block's features.
+    "model": {"adagn": True},
 }
 
 
@@ -193,19 +190,20 @@ PRESETS: dict[str, tuple[str, dict[str, dict]]] = {
     "cpu": ("the course default: 64x64, about 20 minutes of training on a 2-core CPU", {}),
     "smoke": ("tiny data and model that train in seconds: tests and the notebooks' smoke mode", _SMOKE),
     "cpu-world": ("the cpu budget as a world model: the k actions and the previous frames, through AdaGN", _WORLD),
-    "smoke-world": ("the smoke preset as a world model (tests, notebook 08's smoke mode)", _combined(_WORLD, _SMOKE)),
+    "smoke-world": ("the smoke preset as a world model (tests, notebook 08's smoke mode)", _combined(
+        _WORLD, _SMOKE, {"model": {"patch_size": 2}, "diffusion": {"timestep_power": 0.4}})),  # smoke keeps the base's patches and bias
     "seed": ("the original project's 128x128 setup, for a GPU", {
         # The original's: frame size, U-Net (base 32, mults 1,2,3, one res block, attention at
         # 32px, time MLP 512, dropout 0.1), batch 16, learning rate 1e-4, EMA 0.999, no time limit.
         "data": {"size": 128},
         "model": {"channel_mults": (1, 2, 3), "attention_levels": (2,), "time_mlp_dim": 512,
-                  "zero_init": True},  # zero-init is ours (see below)
+                  "zero_init": True, "patch_size": 1},  # zero-init is ours (see below)
         "train": {"batch_size": 16, "learning_rate": 1e-4, "ema_decay": 0.999, "checkpoint_freq": 5,
                   "log_image_every": 1000, "max_minutes": None},
         "sampler": {"steps": 10},  # not measured at 128px: the library's general default
         # Ours, not the original's: its linear/eps/whole-frame recipe without zero-init fell far
         # below copying the frame (bench/ablation.py); these are what won there.
-        "diffusion": {"schedule": "cosine", "prediction": "x0", "residual": True},
+        "diffusion": {"schedule": "cosine", "prediction": "x0", "residual": True, "timestep_power": 1.0},
     }),
 }
 
