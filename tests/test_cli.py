@@ -1,20 +1,41 @@
+import json
+import os
 import re
 import subprocess
 import sys
 
+import pytest
 
-def test_quickstart_smoke_runs_the_whole_pipeline():
-    """The README's main command, in its tiny form: dataset, pairs, training, a sample grid."""
+
+def test_quickstart_smoke_runs_the_whole_pipeline(tmp_path):
+    """The README's main command, in its tiny form: dataset, pairs, both models (frame-only and
+    world), a labelled grid each, a rollout GIF and the summary; a second call reuses everything."""
+    env = os.environ | {"KITCHEN_DATA_DIR": str(tmp_path / "data")}
     out = subprocess.run([sys.executable, "-m", "kitchen_lib", "quickstart", "--smoke"], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=900, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
-    for step in ("== 1/4", "== 2/4", "== 3/4", "== 4/4", "copy-the-current-frame baseline"):
+    for step in ("== 1/5", "== 2/5", "== 3/5", "== 4/5", "== 5/5", "copy-the-current-frame baseline"):
         assert step in text
-    assert "wrote" in text and "quickstart_smoke.png" in text
-    again = subprocess.run([sys.executable, "-m", "kitchen_lib", "quickstart", "--smoke"], capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0 and "a run is already there: using it" in again.stdout  # nothing overwritten
+    samples = tmp_path / "data" / "samples"
+    for name in ("quickstart_smoke.png", "quickstart_smoke-world.png", "quickstart_smoke-world_rollout.gif",
+                 "summary.md", "summary.json"):
+        assert (samples / name).stat().st_size > 0, name
+    summary = json.loads((samples / "summary.json").read_text())
+    assert set(summary["models"]) == {"smoke", "smoke-world"}
+    assert "test pairs" in summary["pairs"]
+    for m in summary["models"].values():  # the over-copy figures are the model's minus copy's, on the same pairs
+        assert m["over_copy"] == pytest.approx(m["psnr"] - summary["copy"]["psnr"])
+    assert "shuffled_actions_cost_moving" in summary["models"]["smoke-world"]
+    assert "| `smoke-world` |" in (samples / "summary.md").read_text()
+    scored = {p: p.stat().st_mtime_ns for p in samples.glob("quickstart_*_scores.json")}
+    assert len(scored) == 2
+    again = subprocess.run([sys.executable, "-m", "kitchen_lib", "quickstart", "--smoke"], capture_output=True,
+                           text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("a run is already there, using it") == 2  # nothing trained or overwritten
+    assert {p: p.stat().st_mtime_ns for p in scored} == scored  # the scores of the same checkpoints are reused
+    assert "optimizer steps in" not in again.stdout  # nothing trained
 
 
 def test_cli_argument_errors_come_before_loading(tmp_path):

@@ -52,6 +52,26 @@ def image_grid(rows: list[list[np.ndarray]], pad: int = 2, value: int = 255) -> 
     return grid
 
 
+def label_columns(grid: np.ndarray, labels: list[str], scale: int = 2, pad: int = 2, title: str | None = None) -> np.ndarray:
+    """The grid of `image_grid` (equal columns, `pad` pixels apart) enlarged `scale` times, under
+    a band naming each column (and a title line above, if given). uint8 RGB (H', W', 3)."""
+    from PIL import ImageDraw, ImageFont
+
+    img = to_pil(grid if grid.shape[-1] == 3 else np.repeat(grid, 3, axis=-1), scale)
+    font = ImageFont.load_default(size=11)
+    line = 15
+    band = line + (line if title else 0) + 3
+    out = Image.new("RGB", (img.width, img.height + band), (255, 255, 255))
+    out.paste(img, (0, band))
+    draw = ImageDraw.Draw(out)
+    if title:
+        draw.text((3, 1), title, fill=(0, 0, 0), font=font)
+    col = (grid.shape[1] - pad) / len(labels) * scale
+    for j, text in enumerate(labels):
+        draw.text((pad * scale + j * col + 2, band - line - 1), text, fill=(0, 0, 0), font=font)
+    return np.asarray(out)
+
+
 def to_pil(image: np.ndarray, scale: int = 1) -> Image.Image:
     """uint8 (H, W, C) -> a PIL image, enlarged `scale` times with sharp pixels."""
     img = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)

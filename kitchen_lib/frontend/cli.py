@@ -25,7 +25,7 @@ from kitchen_lib.training.config import PRESETS
 def cmd_quickstart(a: argparse.Namespace) -> None:
     from kitchen_lib.frontend.quickstart import quickstart
 
-    quickstart("smoke" if a.smoke else a.preset)
+    quickstart(smoke=a.smoke)
 
 
 def cmd_generate(a: argparse.Namespace) -> None:
@@ -177,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("quickstart", help="the main job: dataset (if missing), pairs, train the cpu preset, sample grid")
-    _preset_arg(p)
-    p.add_argument("--smoke", action="store_true", help="the smoke preset: a tiny version of everything in seconds")
+    p = sub.add_parser("quickstart", help="the main job: dataset (if missing), pairs, the cpu and cpu-world models, "
+                                          "sample grids, a rollout GIF and a summary")
+    p.add_argument("--smoke", action="store_true", help="the smoke presets: a tiny version of everything in seconds")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("generate", help="run the scripted expert and write a local Minari dataset")

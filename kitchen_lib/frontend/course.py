@@ -31,7 +31,7 @@ def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = 
     if twins or (found is not None and not smoke):  # outside smoke mode a missing twin is shown as missing
         return last_weights(found)
     if not smoke:
-        raise FileNotFoundError(f"no trained model yet: run notebook 05 or `python -m kitchen_lib train --preset {preset_name}`")
+        raise FileNotFoundError(f"no trained {preset_name} model yet: {train_command(preset_name)}")
     cfg = preset(preset_name)
     ensure_dataset(cfg.data.dataset, cfg.generate, progress=False)
     run = cfg.root() / "checkpoints" / f"notebook-{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -40,6 +40,16 @@ def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = 
         train(with_overrides(cfg, train={"checkpoint_dir": str(folder), "objective": objective, "log_images": False}),
               progress=False)
     return last_weights(run / "best.pt")
+
+
+def train_command(preset_name: str) -> str:
+    """What trains the preset's model the notebooks look for."""
+    from kitchen_lib.frontend.quickstart import PRESETS as QUICKSTART
+
+    if preset_name in QUICKSTART:
+        return (f"run `python -m kitchen_lib quickstart` (it trains {' and '.join(QUICKSTART)}), or only this one with "
+                f"`python -m kitchen_lib train --preset {preset_name}`")
+    return f"run `python -m kitchen_lib train --preset {preset_name}`"
 
 
 def last_weights(checkpoint: Path) -> Path:

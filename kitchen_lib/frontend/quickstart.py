@@ -1,21 +1,35 @@
-"""The main job in one call: our offline dataset (if missing), its frame pairs, a trained model,
-and a grid of its predictions on held-out episodes. Steps already done are reused."""
+"""The main job in one call: our offline dataset (if missing), its frame pairs, the course's two
+models (the frame-only `cpu` preset and the `cpu-world` world model), a labelled sample grid for
+each, a rollout GIF of the world model, and a summary of how far both beat copying the current
+frame on the test pairs. Steps already done are reused, so a second call takes seconds."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kitchen_lib.base.images import save_png
+import numpy as np
+
+from kitchen_lib.base.images import label_columns, save_png
+from kitchen_lib.base.paths import atomic_path
+from kitchen_lib.data.cache import PairsCache
 from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.datasets import is_local
 from kitchen_lib.data.generate import generate_dataset
 from kitchen_lib.inference.baselines import copy_baseline
-from kitchen_lib.inference.predictor import load_predictor, prediction_grid
-from kitchen_lib.training.config import preset
+from kitchen_lib.inference.evaluate import evaluate
+from kitchen_lib.inference.predictor import Predictor, load_predictor, prediction_grid
+from kitchen_lib.inference.rollout import max_horizon, rollout_episode, save_animation
+from kitchen_lib.training.config import RunConfig, preset
 from kitchen_lib.training.runs import resume_candidates, saved_checkpoints
 from kitchen_lib.training.trainer import train
+
+# What quickstart trains: the course's frame-only model, then its world model (smoke: their tiny twins).
+PRESETS = ("cpu", "cpu-world")
+SMOKE_PRESETS = ("smoke", "smoke-world")
+ROLLOUT_STEPS = 20  # jumps of k env steps in the GIF: 100 env steps, 8 seconds of the robot's time
 
 
 def format_pairs_summary(s: dict) -> str:
@@ -24,40 +38,167 @@ def format_pairs_summary(s: dict) -> str:
             f"{p['train']}/{p['val']}/{p['test']}, cache {s['cache']} ({s['seconds']}s)")
 
 
-def quickstart(preset_name: str = "cpu", log: Callable[[str], None] = print) -> Path:
-    """Dataset, pairs, training (unless the preset's run folder already holds one), sample grid.
-    Returns the grid's path."""
-    cfg = preset(preset_name)
-    dataset = cfg.data.dataset
-    log(f"== 1/4 dataset {dataset}")
-    if is_local(dataset):
+def quickstart(smoke: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Dataset, pairs, both presets trained (a preset whose run folder holds a run reuses it),
+    then grids, a rollout GIF and `<data>/samples/summary.md` (and `.json`). Returns the summary."""
+    started = time.time()
+    stages: dict[str, float] = {}  # seconds each step took (a reused step takes about none)
+
+    def done(stage: str, since: float) -> float:
+        stages[stage] = round(time.time() - since, 1)
+        return time.time()
+
+    cfgs = [preset(name) for name in (SMOKE_PRESETS if smoke else PRESETS)]
+    first = cfgs[0]
+    if any(c.data != first.data for c in cfgs):
+        raise RuntimeError("quickstart's presets must share one pairs cache")  # a bug in PRESETS, not the user's
+    log(f"== 1/5 dataset {first.data.dataset}")
+    if is_local(first.data.dataset):
         log("already in the Minari store")
     else:
-        g = cfg.generate
-        report = generate_dataset(dataset, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps)
-        log(f"wrote {dataset}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
-    log(f"== 2/4 frame pairs (k={cfg.data.k}, {cfg.data.size}px)")
-    t0 = time.time()
-    cache = build_pairs(cfg.data, root=cfg.root() / "pairs", progress=True)
+        g = first.generate
+        report = generate_dataset(first.data.dataset, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps)
+        log(f"wrote {first.data.dataset}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
+    t0 = done("dataset", started)
+    log(f"== 2/5 frame pairs (k={first.data.k}, {first.data.size}px)")
+    cache = build_pairs(first.data, root=first.root() / "pairs", progress=True)
     log(format_pairs_summary(cache.summary() | {"seconds": round(time.time() - t0, 2)}))
-    base = copy_baseline(cache, "test")
-    log(f"copy-the-current-frame baseline on the test episodes: PSNR {base['psnr']:.2f} dB, "
-        f"{base['changed_fraction']:.1%} of pixels change by > 0.05")
+    copy = copy_baseline(cache, "test")
+    log(f"copy-the-current-frame baseline on the test episodes: PSNR {copy['psnr']:.2f} dB, "
+        f"{copy['changed_fraction']:.1%} of pixels change by > 0.05")
+    t0 = done("pairs", t0)
+    log("== 3/5 train " + " and ".join(c.preset for c in cfgs))
+    runs = {}
+    for c in cfgs:
+        runs[c.preset] = _trained(c, log)
+        t0 = done(f"train {c.preset}", t0)
+    log("== 4/5 score each model on the test pairs (one sample of its default sampler, against copying the frame)")
+    out = first.root() / "samples"
+    scores = {name: _scores(load_predictor(ckpt), ckpt, cache, out) for name, ckpt in runs.items()}
+    t0 = done("score", t0)
+    log("== 5/5 sample grids, a rollout, the summary")
+    figures = {}
+    for name, ckpt in runs.items():
+        figures[name] = str(_grid(load_predictor(ckpt), cache, out / f"quickstart_{name}.png"))
+        log(f"wrote {figures[name]}")
+    world = cfgs[-1].preset
+    figures["rollout"] = str(_rollout_gif(load_predictor(runs[world]), cache, out / f"quickstart_{world}_rollout.gif"))
+    log(f"wrote {figures['rollout']}")
+    done("figures", t0)
+    summary = {"pairs": _pair_set(cache), "copy": {"psnr": scores[cfgs[0].preset]["copy"]["psnr"],
+                                                     "psnr_moving": scores[cfgs[0].preset]["copy"]["psnr_moving"]},
+               "models": {name: scores[name] | {"checkpoint": str(ckpt)} for name, ckpt in runs.items()},
+               "figures": figures, "stages": stages, "seconds": round(time.time() - started, 1)}
+    text = format_summary(summary)
+    log(text)
+    _write_text(out / "summary.md", text)
+    _write_text(out / "summary.json", json.dumps(summary, indent=1))
+    log(f"wrote {out / 'summary.md'} and summary.json; next, the course: jupyter lab notebooks/")
+    return summary
+
+
+def _trained(cfg: RunConfig, log: Callable[[str], None]) -> Path:
+    """The preset's run: trained now, or the one already in its folder. Returns its last weights."""
     ckpt = cfg.checkpoint_dir()
-    log(f"== 3/4 train (preset {preset_name}) into {ckpt}")
     if saved_checkpoints(ckpt):
-        log(f"a run is already there: using it (resume it with `python -m kitchen_lib train --preset {preset_name} "
-            f"--resume_from_checkpoint latest`, or delete the folder to start over)")
+        log(f"{cfg.preset}: a run is already there, using it ({ckpt}; train it further with `python -m kitchen_lib "
+            f"train --preset {cfg.preset} --resume_from_checkpoint latest --max_minutes 20`, or delete the folder "
+            f"to start over)")
     else:
         r = train(cfg)
-        log(f"{r.optimizer_steps} optimizer steps in {r.seconds / 60:.1f} min, validation loss {r.final_val_loss:.5f}; "
-            f"TensorBoard: tensorboard --logdir {r.tensorboard_dir.parent}")
-    log("== 4/4 sample predictions on the test episodes")
-    predictor = load_predictor(ckpt / "best.pt" if (ckpt / "best.pt").exists() else resume_candidates(ckpt)[0])
-    t0 = time.time()
-    grid = prediction_grid(predictor, cache, "test", n=6, progress=True)
-    out = save_png(grid, cfg.root() / "samples" / f"quickstart_{preset_name}.png", scale=2)
-    label = predictor.sampler.label(predictor.model.diffusion.T)
-    log(f"wrote {out}: rows of current | predicted ({label}) | actual ({(time.time() - t0) / 6:.2f}s per frame)")
-    log("next, the course: jupyter lab notebooks/")
-    return out
+        log(f"{cfg.preset}: {r.optimizer_steps} optimizer steps in {r.seconds / 60:.1f} min, validation loss "
+            f"{r.final_val_loss:.5f}; TensorBoard: tensorboard --logdir {r.tensorboard_dir.parent}")
+    return resume_candidates(ckpt)[0]  # latest.pt: a run stopped by its budget trains on after best.pt
+
+
+def _pair_set(cache: PairsCache) -> str:
+    episodes = cache.meta["splits"]["test"]
+    return f"all {len(cache.pairs('test')):,} test pairs ({len(episodes)} held-out episodes of {cache.meta['config']['dataset']})"
+
+
+def _scores(predictor: Predictor, ckpt: Path, cache: PairsCache, out: Path) -> dict:
+    """The model's and copy's PSNR on every test pair, kept beside the grids and reused while the
+    checkpoint is the same file (a second quickstart takes seconds)."""
+    stat = ckpt.stat()
+    key = {"checkpoint": str(ckpt.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           "pairs": int(len(cache.pairs("test")))}
+    saved = out / f"quickstart_{predictor.config.preset}_scores.json"
+    if saved.is_file():
+        try:
+            old = json.loads(saved.read_text())
+            if old.get("key") == key:
+                return old["scores"]
+        except (OSError, ValueError):
+            pass  # unreadable: score again and replace it
+    r = evaluate(predictor, cache, "test", mean_of=1, x0=False, progress=True)
+    m = r["methods"]
+    model, copy = m["diffusion"], m["copy"]
+    scores = {"sampler": predictor.sampler.label(predictor.model.diffusion.T), "steps": _steps(ckpt),
+              "psnr": model["psnr"], "psnr_moving": model["psnr_moving"],
+              "over_copy": model["psnr"] - copy["psnr"], "over_copy_moving": model["psnr_moving"] - copy["psnr_moving"],
+              "seconds_per_frame": model["seconds_per_frame"],
+              "copy": {"psnr": copy["psnr"], "psnr_moving": copy["psnr_moving"]}}
+    if "diffusion_shuffled_actions" in m:  # a world model: what its actions are worth
+        scores["shuffled_actions_cost_moving"] = model["psnr_moving"] - m["diffusion_shuffled_actions"]["psnr_moving"]
+    _write_text(saved, json.dumps({"key": key, "scores": scores}, indent=1))
+    return scores
+
+
+def _steps(ckpt: Path) -> int:
+    import torch
+
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True).get("step", -1))
+
+
+def _grid(predictor: Predictor, cache: PairsCache, path: Path) -> Path:
+    grid = prediction_grid(predictor, cache, "test", n=6)
+    sampler = predictor.sampler.label(predictor.model.diffusion.T)
+    k = predictor.k
+    labelled = label_columns(grid, ["now (t)", f"predicted t+{k}", f"actual t+{k}"], scale=2,
+                             title=f"{predictor.config.preset}: {sampler}, test episodes")
+    return save_png(labelled, path)
+
+
+def _rollout_gif(predictor: Predictor, cache: PairsCache, path: Path) -> Path:
+    """The world model dreaming ROLLOUT_STEPS jumps of a test episode from its recorded actions:
+    truth | dream | difference."""
+    episode = int(cache.meta["splits"]["test"][0])
+    frames = len(cache.episode_frames(episode))
+    horizon = min(ROLLOUT_STEPS, max_horizon(frames, 0, predictor.k))
+    r = rollout_episode(predictor, cache, episode, 0, horizon)
+    strip = r.side_by_side()
+    labelled = np.stack([label_columns(f, ["simulator", "dream", "difference x3"], scale=2, pad=2,
+                                       title=f"env step {s}: {p:.1f} dB") for f, s, p in zip(strip, r.env_steps, r.psnr,
+                                                                                               strict=True)])
+    return save_animation(labelled, path, fps=3, scale=1)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def format_summary(s: dict) -> str:
+    """The summary as markdown: one row per model, against copying the current frame."""
+    lines = ["# quickstart: what the two models learnt\n", f"Scored on {s['pairs']}: one sample of each model's "
+             f"default sampler, PSNR on the whole frame and on the pixels that move.\n",
+             "| model | steps | sampler | PSNR (dB) | over copy | moving PSNR | over copy, moving |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in s["models"].items():
+        lines.append(f"| `{name}` | {m['steps']:,} | {m['sampler']} | {m['psnr']:.2f} | {m['over_copy']:+.2f} | "
+                     f"{m['psnr_moving']:.2f} | {m['over_copy_moving']:+.2f} |")
+    lines.append(f"| copy the current frame | | | {s['copy']['psnr']:.2f} | | {s['copy']['psnr_moving']:.2f} | |")
+    for name, m in s["models"].items():
+        if "shuffled_actions_cost_moving" in m:
+            lines.append(f"\n`{name}` with another pair's actions: {m['shuffled_actions_cost_moving']:.2f} dB lower on the "
+                         "moving pixels (it follows the actions).")
+    lines += ["", "Figures: " + ", ".join(s["figures"].values()), "", "Further:",
+              "- the course: `jupyter lab notebooks/` (05 to 08 use these models)",
+              "- train on: `python -m kitchen_lib train --preset cpu-world --resume_from_checkpoint latest --max_minutes 20`",
+              "- score in full: `python -m kitchen_lib evaluate --checkpoint " + s["models"][list(s["models"])[-1]]["checkpoint"]
+              + " --mean_of 4`",
+              "- a longer dream: `python -m kitchen_lib rollout --checkpoint " + s["models"][list(s["models"])[-1]]["checkpoint"]
+              + " --horizon 40`",
+              f"\nThis quickstart took {s['seconds'] / 60:.1f} min in all ("
+              + ", ".join(f"{k} {v / 60:.1f}" for k, v in s["stages"].items()) + " min)."]
+    return "\n".join(lines) + "\n"
