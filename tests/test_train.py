@@ -288,3 +288,13 @@ def test_the_readme_names_every_preset():
     item = item[: item.index("\n- **")]
     assert [name for name in PRESETS if f"`{name}`" not in item] == []
     assert "`no-such-preset`" not in item  # the check reads the item, not the whole file
+
+
+def test_checkpoints_record_the_training_time_across_resumes(small_pairs, small_dataset, tmp_path):
+    """train_seconds: a time-to-quality curve's x axis (notebook 07), summed over a run's fits."""
+    train(smoke_cfg(small_dataset, tmp_path, epochs=1), progress=False)
+    first = load_checkpoint(tmp_path / "latest.pt")["train_seconds"]
+    assert first > 0
+    r = train(smoke_cfg(small_dataset, tmp_path, epochs=2), resume="latest", progress=False)
+    second = load_checkpoint(tmp_path / "latest.pt")["train_seconds"]
+    assert first + 0.5 * r.seconds < second <= first + r.seconds + 1

@@ -18,8 +18,10 @@ state_dict() writes and that both resuming (Trainer.load_state_dict) and inferen
     config           RunConfig.to_dict(): the run's whole configuration, which describes the model saved
     tensorboard_dir  where the run logs (str)
     parameters       the network's parameter count
+    train_seconds    wall-clock seconds of training up to this checkpoint, over every resume
+                     (validation and checkpoint writing included): a time-to-quality curve's x
 
-Checkpoints written before an entry existed may lack early_losses.
+Checkpoints written before an entry existed may lack early_losses and train_seconds.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ up by Trainer._setup.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -43,6 +44,8 @@ class RunCheckpoints:
     last_val: float
     early_losses: list[float]
     tb_dir: Path
+    train_seconds: float  # wall time trained in the fits before this one
+    _clock: float | None  # when this fit began
 
     def state_dict(self) -> dict:
         """Everything a checkpoint holds (kitchen_lib.training.checkpoint lists it): weights, EMA,
@@ -54,6 +57,7 @@ class RunCheckpoints:
             "best_val_loss": self.best_val, "last_val_loss": self.last_val, "early_losses": self.early_losses,
             "rng": run_state.rng_state(self.noise_gen, self.device), "config": self.cfg.to_dict(),
             "tensorboard_dir": str(self.tb_dir), "parameters": count_parameters(self.model.net),
+            "train_seconds": self.train_seconds + (time.time() - self._clock if self._clock is not None else 0.0),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -70,6 +74,7 @@ class RunCheckpoints:
         follow_learning_rate(self.opt, self.sched, self.cfg.train)
         run_state.set_rng_state(state["rng"], self.noise_gen, self.device)
         self.tb_dir = Path(state["tensorboard_dir"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def _save(self, name: str) -> Path:
         self._stop_if(divergence.weights_problem(self.model.net))  # on every rank (same weights): all stop alike

@@ -121,6 +121,7 @@ class Trainer(RunCheckpoints):
         self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self.epoch, self.batch_in_epoch, self.opt_step, self.saved_step = 0, 0, 0, 0
         self.best_val, self.last_val, self._fitted = math.inf, math.nan, False
+        self.train_seconds, self._clock = 0.0, None  # wall time trained before this fit, when this fit began
         self.early_losses: list[float] = []  # the first REFERENCE_STEPS losses: what "exploding" is measured against
         tb_root = Path(tc.tensorboard_dir) if tc.tensorboard_dir else cfg.root() / "tensorboard"
         self.tb_dir = tb_root / f"{tc.run_name_prefix}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}"
@@ -189,6 +190,7 @@ class Trainer(RunCheckpoints):
         tc, main = self.cfg.train, self.world.is_main
         writer, bar = None, None
         t0, samples, stopped_early = time.time(), 0, False
+        self._clock = t0
         try:
             fresh = self.opt_step == 0
             if main:  # only rank 0 writes: no event file, graph or bar on the others
