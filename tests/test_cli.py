@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from kitchen_lib.base.errors import UserError
+
 
 def test_quickstart_smoke_runs_the_whole_pipeline(tmp_path):
     """The README's main command, in its tiny form: dataset, pairs, both models (frame-only and
@@ -36,6 +38,14 @@ def test_quickstart_smoke_runs_the_whole_pipeline(tmp_path):
     assert again.stdout.count("a run is already there, using it") == 2  # nothing trained or overwritten
     assert {p: p.stat().st_mtime_ns for p in scored} == scored  # the scores of the same checkpoints are reused
     assert "optimizer steps in" not in again.stdout  # nothing trained
+    # A run of another recipe in a preset's folder is not passed off as today's: quickstart stops, saying so.
+    from kitchen_lib.frontend.quickstart import _same_recipe
+    from kitchen_lib.training.config import preset, with_overrides
+
+    latest = tmp_path / "data" / "checkpoints" / "smoke" / "latest.pt"
+    _same_recipe(preset("smoke"), latest)  # today's recipe: reused
+    with pytest.raises(UserError, match=r"model\.patch_size: checkpoint 1, now 2.*mv "):
+        _same_recipe(with_overrides(preset("smoke"), model={"patch_size": 2}), latest)
 
 
 def test_cli_argument_errors_come_before_loading(tmp_path):

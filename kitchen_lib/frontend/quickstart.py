@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.images import label_columns, save_png
 from kitchen_lib.base.paths import atomic_path
 from kitchen_lib.data.cache import PairsCache
@@ -22,7 +23,8 @@ from kitchen_lib.inference.baselines import copy_baseline
 from kitchen_lib.inference.evaluate import evaluate
 from kitchen_lib.inference.predictor import Predictor, load_predictor, prediction_grid
 from kitchen_lib.inference.rollout import max_horizon, rollout_episode, save_animation
-from kitchen_lib.training.config import RunConfig, preset
+from kitchen_lib.training.checkpoint import CheckpointError, load_checkpoint
+from kitchen_lib.training.config import RunConfig, check_resumable, preset
 from kitchen_lib.training.runs import resume_candidates, saved_checkpoints
 from kitchen_lib.training.trainer import train
 
@@ -101,6 +103,7 @@ def _trained(cfg: RunConfig, log: Callable[[str], None]) -> Path:
     """The preset's run: trained now, or the one already in its folder. Returns its last weights."""
     ckpt = cfg.checkpoint_dir()
     if saved_checkpoints(ckpt):
+        _same_recipe(cfg, resume_candidates(ckpt)[0])
         log(f"{cfg.preset}: a run is already there, using it ({ckpt}; train it further with `python -m kitchen_lib "
             f"train --preset {cfg.preset} --resume_from_checkpoint latest --max_minutes 20`, or delete the folder "
             f"to start over)")
@@ -109,6 +112,18 @@ def _trained(cfg: RunConfig, log: Callable[[str], None]) -> Path:
         log(f"{cfg.preset}: {r.optimizer_steps} optimizer steps in {r.seconds / 60:.1f} min, validation loss "
             f"{r.final_val_loss:.5f}; TensorBoard: tensorboard --logdir {r.tensorboard_dir.parent}")
     return resume_candidates(ckpt)[0]  # latest.pt: a run stopped by its budget trains on after best.pt
+
+
+def _same_recipe(cfg: RunConfig, path: Path) -> None:
+    """A run in the preset's folder is reused only if it is of the preset as defined today: an
+    older recipe's model would be scored and shown as today's."""
+    try:
+        check_resumable(path, load_checkpoint(path)["config"], cfg)
+    except CheckpointError as e:
+        fields = [x.strip() for x in str(e).splitlines()[1:] if ": checkpoint " in x]
+        raise UserError(f"{path.parent} holds a {cfg.preset} run of another recipe than today's preset ("
+                        + ("; ".join(fields) or str(e)) + f"). quickstart leaves it alone: move it aside "
+                        f"(mv {path.parent} {path.parent}-old) and run quickstart again to train the current one.") from e
 
 
 def _pair_set(cache: PairsCache) -> str:
