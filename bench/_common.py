@@ -19,7 +19,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "mujoco_gl": os.environ.get("MUJOCO_GL"),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # malloc settings change CPU timings (README)
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # malloc settings change CPU timings (docs/results.md)
     }
 
 

@@ -36,7 +36,7 @@ from kitchen_lib.training.trainer import Trainer  # noqa: E402
 ORIGINAL = {"prediction": "eps", "schedule": "linear", "residual": False, "loss_weighting": "none"}
 RESIDUAL_X0 = {"prediction": "x0", "schedule": "cosine", "residual": True, "loss_weighting": "none"}
 # The cpu rows were measured at lr 3e-4, the preset's rate then; "+ lr 1e-3" (a tie at 5 minutes)
-# is the preset's rate since a 20-minute run chose its sampler (README, frame-only cpu).
+# is the preset's rate since a 20-minute run chose its sampler (docs/results.md, frame-only cpu).
 LR_3E4 = {"learning_rate": 3e-4}
 # name -> (diffusion, model, train) overrides of the cpu preset
 CPU_VARIANTS: dict[str, tuple[dict, dict, dict]] = {
@@ -56,7 +56,7 @@ CPU_VARIANTS: dict[str, tuple[dict, dict, dict]] = {
 # lr_decay_steps: the steps the reference row reached in the same minutes (run it first).
 NO_PAST = {"context_frames": 0}
 # Every row runs on the preset as it was when the table was measured: 64px at the top level and
-# uniform timesteps. The two changes made since (measured over 20 minutes, README) are rows of
+# uniform timesteps. The two changes made since (measured over 20 minutes, docs/results.md) are rows of
 # their own, so a re-run reproduces the committed table and shows what each change adds.
 AS_MEASURED = {"model": {"patch_size": 1}, "diffusion": {"timestep_power": 1.0}}
 REFERENCE = "lr 3e-4 (the first recipe)"

@@ -1,7 +1,7 @@
 """The README's main command from scratch, timed: `quickstart` into an empty data folder and an
 empty Minari store (as on a fresh clone), then its summary with the wall time of each step.
 
-    python bench/quickstart.py            # about 30 minutes on a 2-core CPU; run it alone
+    python bench/quickstart.py            # about 40 minutes on a 2-core CPU; run it alone
     python bench/quickstart.py --smoke    # the tiny version, seconds
 
 Prints the summary and writes bench/results/quickstart.json (the README's results table reads it).
@@ -21,7 +21,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--keep", type=Path, default=None,
-                    help="the data folder to use (kept afterwards; default: a temporary one, deleted)")
+                    help="a folder for the data folder and Minari store (<keep>/data, <keep>/minari), kept afterwards; "
+                         "default: a temporary one, deleted")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = a.keep or Path(tmp)

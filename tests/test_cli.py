@@ -39,13 +39,31 @@ def test_quickstart_smoke_runs_the_whole_pipeline(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in scored} == scored  # the scores of the same checkpoints are reused
     assert "optimizer steps in" not in again.stdout  # nothing trained
     # A run of another recipe in a preset's folder is not passed off as today's: quickstart stops, saying so.
-    from kitchen_lib.frontend.quickstart import _same_recipe
+    from kitchen_lib.frontend.quickstart import same_recipe
+    from kitchen_lib.training.checkpoint import load_checkpoint
     from kitchen_lib.training.config import preset, with_overrides
 
     latest = tmp_path / "data" / "checkpoints" / "smoke" / "latest.pt"
-    _same_recipe(preset("smoke"), latest)  # today's recipe: reused
+    saved = load_checkpoint(latest)["config"]
+    same_recipe(preset("smoke"), latest, saved)  # today's recipe: reused
+    same_recipe(with_overrides(preset("smoke"), train={"max_minutes": 3, "world_size": 2}), latest, saved)  # budget, ranks
     with pytest.raises(UserError, match=r"model\.patch_size: checkpoint 1, now 2.*mv "):
-        _same_recipe(with_overrides(preset("smoke"), model={"patch_size": 2}), latest)
+        same_recipe(with_overrides(preset("smoke"), model={"patch_size": 2}), latest, saved)
+
+
+def test_a_run_stopped_short_of_its_budget_is_trained_for_the_rest_by_quickstart():
+    """Ctrl-C during quickstart's training leaves latest.pt: the next quickstart trains on for the
+    minutes left rather than scoring a half-trained model as the preset's."""
+    from kitchen_lib.frontend.quickstart import unfinished_minutes
+    from kitchen_lib.training.config import preset
+
+    cfg = preset("cpu")  # 12 minutes, 100 epochs
+    assert unfinished_minutes(cfg, {"train_seconds": 3 * 60.0, "epoch": 1}) == pytest.approx(9.0)
+    assert unfinished_minutes(cfg, {"train_seconds": 12 * 60 + 5.0, "epoch": 3}) == 0  # stopped by its budget
+    assert unfinished_minutes(cfg, {"train_seconds": 11.8 * 60, "epoch": 3}) == 0  # the last half minute: done
+    assert unfinished_minutes(cfg, {"epoch": 3}) == 0  # a run from before checkpoints recorded their time
+    assert unfinished_minutes(cfg, {"train_seconds": 60.0, "epoch": 100}) == 0  # it finished its epochs
+    assert unfinished_minutes(preset("smoke"), {"train_seconds": 1.0, "epoch": 0}) == 0  # no time budget
 
 
 def test_cli_argument_errors_come_before_loading(tmp_path):

@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -11,14 +13,15 @@ RESULTS = ROOT / "bench" / "results"
 def _quickstart(name: str):
     def get(d: dict) -> dict:
         m = d["summary"]["models"][name]
-        return {"steps": m["steps"], "psnr": m["psnr"], "over_copy": m["over_copy"], "psnr_moving": m["psnr_moving"],
+        return {"minutes": d["summary"]["stages"][f"train {name}"] / 60, "steps": m["steps"], "sampler": m["sampler"],
+                "psnr": m["psnr"], "over_copy": m["over_copy"], "psnr_moving": m["psnr_moving"],
                 "over_copy_moving": m["over_copy_moving"]}
     return get
 
 
 def _regression(d: dict) -> dict:
     reg, copy = d["final"]["methods"]["regression"], d["final"]["methods"]["copy"]
-    return {"steps": d["regression"]["steps"], "psnr": reg["psnr"], "over_copy": reg["psnr"] - copy["psnr"],
+    return {"minutes": d["regression"]["minutes"], "steps": d["regression"]["steps"], "psnr": reg["psnr"], "over_copy": reg["psnr"] - copy["psnr"],
             "psnr_moving": reg["psnr_moving"], "over_copy_moving": reg["psnr_moving"] - copy["psnr_moving"]}
 
 
@@ -33,7 +36,7 @@ SOURCES = {
     "`cpu-world`, regression twin": ("quality-cpu-world.json", _regression),
     "copy the current frame": ("quickstart.json", _copy),
 }
-COLUMNS = {"steps": "steps", "PSNR": "psnr", "over copy": "over_copy", "PSNR moving": "psnr_moving",
+COLUMNS = {"minutes": "minutes", "steps": "steps", "sampler": "sampler", "PSNR": "psnr", "over copy": "over_copy", "PSNR moving": "psnr_moving",
            "over copy, moving": "over_copy_moving"}
 
 
@@ -64,9 +67,12 @@ def drift(readme: str) -> list[str]:
                 continue
             cell = row[header.index(column)]
             want = truth[key]
-            got = _number(cell)
-            tolerance = 0.5 if key == "steps" else 0.006  # the README rounds to 2 decimals
-            if abs(got - want) > tolerance:
+            if isinstance(want, str):
+                if cell != want:
+                    problems.append(f"{label} / {column}: README {cell!r}, {name} {want!r}")
+                continue
+            tolerance = {"steps": 0.5, "minutes": 0.5}.get(key, 0.006)  # budgets in whole minutes; dB to 2 decimals
+            if abs(_number(cell) - want) > tolerance:
                 problems.append(f"{label} / {column}: README {cell!r}, {name} {want:.2f}")
     return problems
 
@@ -95,3 +101,15 @@ def test_the_table_names_its_pair_set_and_every_source_scored_the_same_pairs():
     assert f"all {pairs} test pairs" in section[: section.index("\n## ", 1)]
     regression = json.loads((RESULTS / "quality-cpu-world.json").read_text())
     assert regression["final"]["pairs"] == int(pairs.replace(",", ""))
+
+
+def test_the_quick_starts_minutes_and_the_shuffled_actions_figure_match_the_benchmark():
+    readme = (ROOT / "README.md").read_text()
+    summary = json.loads((RESULTS / "quickstart.json").read_text())["summary"]
+    section = readme[readme.index("## Quick start"):readme.index("## What you get")]
+    rows = [line for line in section.splitlines() if re.match(r"^\|[^-]", line)][1:]  # the table, below its header
+    minutes = [_number(row.split("|")[-2]) for row in rows]
+    assert minutes == pytest.approx([v / 60 for v in summary["stages"].values()] + [summary["seconds"] / 60], abs=0.051)
+    assert f"it took {summary['seconds'] / 60:.1f} minutes" in section
+    cost = summary["models"]["cpu-world"]["shuffled_actions_cost_moving"]
+    assert re.search(rf"score\s+{cost:.2f} dB lower", readme[readme.index("## What you get"):])

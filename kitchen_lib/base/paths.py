@@ -17,8 +17,9 @@ def data_dir() -> Path:
     env = os.environ.get("KITCHEN_DATA_DIR")
     if env:
         return Path(env)
-    repo_data = Path(__file__).resolve().parents[2] / "data"  # kitchen_lib/base/paths.py -> the repository
-    return repo_data if repo_data.is_dir() else Path.cwd() / "data"
+    repo = Path(__file__).resolve().parents[2]  # kitchen_lib/base/paths.py -> the repository (a source checkout)
+    is_checkout = (repo / "pyproject.toml").is_file() and (repo / "data").is_dir()
+    return repo / "data" if is_checkout else Path.cwd() / "data"
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from kitchen_lib.data.generate import ensure_dataset
+from kitchen_lib.training.checkpoint import load_checkpoint
 from kitchen_lib.training.config import preset, with_overrides
 from kitchen_lib.training.runs import find_checkpoint, regression_beside
 from kitchen_lib.training.trainer import train
@@ -27,6 +28,10 @@ def ensure_trained(preset_name: str, smoke: bool, objectives: tuple[str, ...] = 
     if checkpoint is not None:
         return Path(checkpoint)
     found = find_checkpoint(preset_name)
+    if found is not None:  # a run of an older recipe in the preset's folder is not shown as today's
+        from kitchen_lib.frontend.quickstart import same_recipe
+
+        same_recipe(preset(preset_name), found, load_checkpoint(found)["config"])
     twins = found is not None and all(o == "diffusion" or regression_beside(found) for o in objectives)
     if twins or (found is not None and not smoke):  # outside smoke mode a missing twin is shown as missing
         return last_weights(found)

@@ -6,6 +6,7 @@ frame on the test pairs. Steps already done are reused, so a second call takes s
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +24,8 @@ from kitchen_lib.inference.baselines import copy_baseline
 from kitchen_lib.inference.evaluate import evaluate
 from kitchen_lib.inference.predictor import Predictor, load_predictor, prediction_grid
 from kitchen_lib.inference.rollout import max_horizon, rollout_episode, save_animation
-from kitchen_lib.training.checkpoint import CheckpointError, load_checkpoint
-from kitchen_lib.training.config import RunConfig, check_resumable, preset
+from kitchen_lib.training.checkpoint import config_differences, load_checkpoint
+from kitchen_lib.training.config import RunConfig, preset, with_overrides
 from kitchen_lib.training.runs import resume_candidates, saved_checkpoints
 from kitchen_lib.training.trainer import train
 
@@ -35,6 +36,7 @@ ROLLOUT_STEPS = 20  # jumps of k env steps in the GIF: 100 env steps, 8 seconds 
 
 
 def format_pairs_summary(s: dict) -> str:
+    """One line on a pairs cache: dataset, k, size, pairs per split, where it is, how long it took."""
     p = s["pairs"]
     return (f"{s['dataset']}: k={s['k']}, {s['size']}px x{s['channels']}, pairs train/val/test "
             f"{p['train']}/{p['val']}/{p['test']}, cache {s['cache']} ({s['seconds']}s)")
@@ -84,8 +86,12 @@ def quickstart(smoke: bool = False, log: Callable[[str], None] = print) -> dict:
         figures[name] = str(_grid(load_predictor(ckpt), cache, out / f"quickstart_{name}.png"))
         log(f"wrote {figures[name]}")
     world = cfgs[-1].preset
-    figures["rollout"] = str(_rollout_gif(load_predictor(runs[world]), cache, out / f"quickstart_{world}_rollout.gif"))
-    log(f"wrote {figures['rollout']}")
+    gif = _rollout_gif(load_predictor(runs[world]), cache, out / f"quickstart_{world}_rollout.gif")
+    if gif is None:
+        log("no rollout GIF: no test episode is longer than one jump of k steps")
+    else:
+        figures["rollout"] = str(gif)
+        log(f"wrote {gif}")
     done("figures", t0)
     summary = {"pairs": _pair_set(cache), "copy": {"psnr": scores[cfgs[0].preset]["copy"]["psnr"],
                                                      "psnr_moving": scores[cfgs[0].preset]["copy"]["psnr_moving"]},
@@ -103,10 +109,18 @@ def _trained(cfg: RunConfig, log: Callable[[str], None]) -> Path:
     """The preset's run: trained now, or the one already in its folder. Returns its last weights."""
     ckpt = cfg.checkpoint_dir()
     if saved_checkpoints(ckpt):
-        _same_recipe(cfg, resume_candidates(ckpt)[0])
-        log(f"{cfg.preset}: a run is already there, using it ({ckpt}; train it further with `python -m kitchen_lib "
-            f"train --preset {cfg.preset} --resume_from_checkpoint latest --max_minutes 20`, or delete the folder "
-            f"to start over)")
+        state = load_checkpoint(resume_candidates(ckpt)[0])
+        same_recipe(cfg, resume_candidates(ckpt)[0], state["config"])
+        left = unfinished_minutes(cfg, state)
+        if left:  # stopped early (Ctrl-C, a kill): trained for the rest of its budget, not shown half-trained
+            log(f"{cfg.preset}: its run stopped {left:.1f} minutes short of its {cfg.train.max_minutes:g}-minute "
+                "budget: resuming it for the rest")
+            r = train(with_overrides(cfg, train={"max_minutes": left}), resume="latest")
+            log(f"{cfg.preset}: now {r.optimizer_steps} optimizer steps")
+        else:
+            log(f"{cfg.preset}: a run is already there, using it ({ckpt}; train it further with `python -m "
+                f"kitchen_lib train --preset {cfg.preset} --resume_from_checkpoint latest --max_minutes 20`, or move "
+                "the folder aside to start over)")
     else:
         r = train(cfg)
         log(f"{cfg.preset}: {r.optimizer_steps} optimizer steps in {r.seconds / 60:.1f} min, validation loss "
@@ -114,21 +128,38 @@ def _trained(cfg: RunConfig, log: Callable[[str], None]) -> Path:
     return resume_candidates(ckpt)[0]  # latest.pt: a run stopped by its budget trains on after best.pt
 
 
-def _same_recipe(cfg: RunConfig, path: Path) -> None:
-    """A run in the preset's folder is reused only if it is of the preset as defined today: an
-    older recipe's model would be scored and shown as today's."""
+def unfinished_minutes(cfg: RunConfig, state: dict) -> float:
+    """Minutes of the preset's time budget a saved run has yet to train (0: done, or a run that
+    records no training time, or one that finished its epochs)."""
+    budget, trained = cfg.train.max_minutes, state.get("train_seconds")
+    if not budget or trained is None or state["epoch"] >= cfg.train.epochs:
+        return 0.0
+    left = budget - trained / 60
+    return left if left > 0.5 else 0.0  # the last half minute is a checkpoint's and validation's, not a stop
+
+
+def same_recipe(cfg: RunConfig, path: Path, saved: dict) -> None:
+    """Raise UserError unless the run saved at `path` (its config `saved`) is of the preset as
+    defined today: an older recipe's model would be scored and shown as today's. (How many processes trained it,
+    and its budget, do not matter.)"""
     try:
-        check_resumable(path, load_checkpoint(path)["config"], cfg)
-    except CheckpointError as e:
-        fields = [x.strip() for x in str(e).splitlines()[1:] if ": checkpoint " in x]
+        was = RunConfig.from_dict(saved).to_dict()
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: its config cannot be read ({e}); move {path.parent} aside and run quickstart again") from e
+    now = cfg.to_dict()
+    fields = [d for part in ("data", "model", "diffusion", "conditioning")
+              for d in config_differences(was[part], now[part], f"{part}.")]
+    if fields:
         raise UserError(f"{path.parent} holds a {cfg.preset} run of another recipe than today's preset ("
-                        + ("; ".join(fields) or str(e)) + f"). quickstart leaves it alone: move it aside "
-                        f"(mv {path.parent} {path.parent}-old) and run quickstart again to train the current one.") from e
+                        + "; ".join(fields) + f"). It is left alone: move it aside "
+                        f"(mv {shlex.quote(str(path.parent))} {shlex.quote(str(path.parent) + '-old')}) and train the "
+                        f"current one (`python -m kitchen_lib quickstart`, or `train --preset {cfg.preset}`).")
 
 
 def _pair_set(cache: PairsCache) -> str:
-    episodes = cache.meta["splits"]["test"]
-    return f"all {len(cache.pairs('test')):,} test pairs ({len(episodes)} held-out episodes of {cache.meta['config']['dataset']})"
+    n = len(cache.meta["splits"]["test"])
+    return (f"all {len(cache.pairs('test')):,} test pairs ({n} held-out episode{'s' if n != 1 else ''} of "
+            f"{cache.meta['config']['dataset']})")
 
 
 def _scores(predictor: Predictor, ckpt: Path, cache: PairsCache, out: Path) -> dict:
@@ -169,20 +200,27 @@ def _grid(predictor: Predictor, cache: PairsCache, path: Path) -> Path:
     grid = prediction_grid(predictor, cache, "test", n=6)
     sampler = predictor.sampler.label(predictor.model.diffusion.T)
     k = predictor.k
-    labelled = label_columns(grid, ["now (t)", f"predicted t+{k}", f"actual t+{k}"], scale=2,
+    labelled = label_columns(grid, ["now (t)", f"predicted t+{k}", f"actual t+{k}"], scale=_scale(predictor),
                              title=f"{predictor.config.preset}: {sampler}, test episodes")
     return save_png(labelled, path)
 
 
-def _rollout_gif(predictor: Predictor, cache: PairsCache, path: Path) -> Path:
-    """The world model dreaming ROLLOUT_STEPS jumps of a test episode from its recorded actions:
-    truth | dream | difference."""
-    episode = int(cache.meta["splits"]["test"][0])
-    frames = len(cache.episode_frames(episode))
-    horizon = min(ROLLOUT_STEPS, max_horizon(frames, 0, predictor.k))
+def _scale(predictor: Predictor) -> int:
+    """Enlargement that leaves room for the column labels (64 px columns at 64x64 and above)."""
+    return max(2, 128 // predictor.config.data.size)
+
+
+def _rollout_gif(predictor: Predictor, cache: PairsCache, path: Path) -> Path | None:
+    """The world model dreaming up to ROLLOUT_STEPS jumps of the longest test episode from its
+    recorded actions: truth | dream | difference. None if no test episode has room for one jump."""
+    lengths = {int(ep): len(cache.episode_frames(int(ep))) for ep in cache.meta["splits"]["test"]}
+    episode = max(lengths, key=lengths.get)
+    horizon = min(ROLLOUT_STEPS, max_horizon(lengths[episode], 0, predictor.k))
+    if horizon < 1:
+        return None
     r = rollout_episode(predictor, cache, episode, 0, horizon)
     strip = r.side_by_side()
-    labelled = np.stack([label_columns(f, ["simulator", "dream", "difference x3"], scale=2, pad=2,
+    labelled = np.stack([label_columns(f, ["simulator", "dream", "difference x3"], scale=_scale(predictor), pad=2,
                                        title=f"env step {s}: {p:.1f} dB") for f, s, p in zip(strip, r.env_steps, r.psnr,
                                                                                                strict=True)])
     return save_animation(labelled, path, fps=3, scale=1)
@@ -207,13 +245,14 @@ def format_summary(s: dict) -> str:
         if "shuffled_actions_cost_moving" in m:
             lines.append(f"\n`{name}` with another pair's actions: {m['shuffled_actions_cost_moving']:.2f} dB lower on the "
                          "moving pixels (it follows the actions).")
+    world = list(s["models"])[-1]
+    checkpoint = shlex.quote(s["models"][world]["checkpoint"])
     lines += ["", "Figures: " + ", ".join(s["figures"].values()), "", "Further:",
               "- the course: `jupyter lab notebooks/` (05 to 08 use these models)",
-              "- train on: `python -m kitchen_lib train --preset cpu-world --resume_from_checkpoint latest --max_minutes 20`",
-              "- score in full: `python -m kitchen_lib evaluate --checkpoint " + s["models"][list(s["models"])[-1]]["checkpoint"]
-              + " --mean_of 4`",
-              "- a longer dream: `python -m kitchen_lib rollout --checkpoint " + s["models"][list(s["models"])[-1]]["checkpoint"]
-              + " --horizon 40`",
+              f"- train on: `python -m kitchen_lib train --preset {world} --resume_from_checkpoint latest --max_minutes 20`",
+              f"- score in full: `python -m kitchen_lib evaluate --checkpoint {checkpoint} --mean_of 4`",
+              f"- dreams from any step, on any episode's actions: `python -m kitchen_lib rollout --checkpoint {checkpoint}"
+              " --episode E --start S --horizon H --actions_of F --out dream.gif`",
               f"\nThis quickstart took {s['seconds'] / 60:.1f} min in all ("
               + ", ".join(f"{k} {v / 60:.1f}" for k, v in s["stages"].items()) + " min)."]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@
   a 1-byte mask. p is rounded to a multiple of 2^-15 (0.1 -> 0.100006); same expectation, same
   global generator.
 
-bench/speed.py measures both (a seed-preset training step at 128px; README, "128px on this CPU").
+bench/speed.py measures both (a seed-preset training step at 128px; docs/results.md, "128px on this CPU").
 """
 
 from __future__ import annotations
