@@ -194,13 +194,22 @@ def test_find_checkpoint_prefers_the_newest_run(tmp_path, monkeypatch):
 
 
 def test_notebooks_show_a_runs_last_weights(tmp_path, monkeypatch):
+    import torch
+
+    from kitchen_lib.base.errors import UserError
     from kitchen_lib.frontend.course import ensure_trained
+    from kitchen_lib.training.config import preset, with_overrides
 
     monkeypatch.setenv("KITCHEN_DATA_DIR", str(tmp_path))
     run = tmp_path / "checkpoints" / "cpu"
     run.mkdir(parents=True)
-    (run / "best.pt").write_bytes(b"x")
+    today = {"model": {}, "config": preset("cpu").to_dict()}  # all ensure_trained reads of a checkpoint
+    torch.save(today, run / "best.pt")
     assert ensure_trained("cpu", smoke=False) == run / "best.pt"  # a run with no latest.pt
-    (run / "latest.pt").write_bytes(b"x")
+    torch.save(today, run / "latest.pt")
     assert ensure_trained("cpu", smoke=False) == run / "latest.pt"  # stopped by its budget after its best.pt
     assert ensure_trained("cpu", smoke=False, checkpoint=run / "best.pt") == run / "best.pt"  # asked for by name
+    older = {"model": {}, "config": with_overrides(preset("cpu"), model={"patch_size": 1}).to_dict()}
+    torch.save(older, run / "best.pt")  # a run of the recipe before patches is not shown as today's cpu model
+    with pytest.raises(UserError, match=r"model\.patch_size: checkpoint 1, now 2"):
+        ensure_trained("cpu", smoke=False)

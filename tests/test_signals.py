@@ -35,6 +35,13 @@ def steps_logged(folder: Path) -> int:
     return sum('"loss":' in line for line in path.read_text().splitlines()) if path.exists() else 0
 
 
+def as_at_a_terminal() -> None:
+    """A job started in the background (nohup, `cmd &` in a script, some CI runners) inherits
+    SIGINT ignored, and a run leaves an ignored SIGINT ignored; these tests stand for Ctrl-C typed
+    at a terminal, where it is not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for_steps(proc: subprocess.Popen, folder: Path, n: int) -> None:
     deadline = time.monotonic() + SAFETY_S
     while steps_logged(folder) < n:
@@ -65,7 +72,8 @@ def test_a_signal_saves_latest_prints_the_resume_command_and_the_resume_continue
     folder = tmp_path / "signalled"
     args = train_args(small_dataset, folder, *extra)
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "kitchen_lib", *args], stdout=out, stderr=err)
+        proc = subprocess.Popen([sys.executable, "-m", "kitchen_lib", *args], stdout=out, stderr=err,
+                                preexec_fn=as_at_a_terminal)
         seen = STEPS + 3  # inside the second epoch: the position inside an epoch must survive
         wait_for_steps(proc, folder, seen)
         proc.send_signal(signum)
@@ -91,14 +99,18 @@ def test_a_signal_saves_latest_prints_the_resume_command_and_the_resume_continue
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_old_handlers_come_back():
-    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
-    with pytest.raises(KeyboardInterrupt):
-        with stop_signals() as stop:
-            os.kill(os.getpid(), signal.SIGTERM)  # a signal to oneself is handled before the next line
-            assert stop.signum == signal.SIGTERM  # noted, not acted on: the loop stops after its step
-            os.kill(os.getpid(), signal.SIGINT)
-            pytest.fail("a second signal did not stop at once")
-    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (see as_at_a_terminal)
+    try:
+        before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+        with pytest.raises(KeyboardInterrupt):
+            with stop_signals() as stop:
+                os.kill(os.getpid(), signal.SIGTERM)  # a signal to oneself is handled before the next line
+                assert stop.signum == signal.SIGTERM  # noted, not acted on: the loop stops after its step
+                os.kill(os.getpid(), signal.SIGINT)
+                pytest.fail("a second signal did not stop at once")
+        assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 @pytest.mark.parametrize("argv", [

@@ -56,7 +56,7 @@ def cmd_render(a: argparse.Namespace) -> None:
 def _config_with_dataset(a: argparse.Namespace, train: bool = False):
     """The run config the flags ask for; its dataset must be in the store (or downloadable), and
     every folder the command writes must be writable: all checked before any work."""
-    cfg = flags.config_from_args(a)
+    cfg = flags.config_from_args(a, data_only=not train)
     for folder, flag in flags.destinations(cfg, a.dataset_dir is not None, train):
         check_destination(folder, flag)
     open_dataset(cfg.data.dataset, download=a.download)

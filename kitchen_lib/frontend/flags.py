@@ -122,8 +122,10 @@ def given(args: argparse.Namespace, group: str) -> dict:
     return {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith(f"{group}.")}
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The preset's RunConfig with every flag the user gave laid over it."""
+def config_from_args(args: argparse.Namespace, data_only: bool = False) -> RunConfig:
+    """The preset's RunConfig with every flag the user gave laid over it, checked: all of it, or
+    (data_only: `generate`, `pairs`) only the data settings, which a cache of any size needs
+    whatever model may train on it later."""
     groups = {g: given(args, g) for g in GROUPS}
     divisor = getattr(args, "model_attention_resolutions_divisor", None)
     if divisor is not None:
@@ -136,6 +138,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cfg = with_overrides(cfg, train={"log_image_every": cfg.train.log_freq * multiplier})
     if getattr(args, "dataset_dir", None):
         cfg = dataclasses.replace(cfg, data_dir=args.dataset_dir)
+    if data_only:
+        cfg.data.validate()
+        return cfg
     cfg.validate()
     check_device(cfg.train.device)  # here, not in validate(): a checkpoint trained on a GPU loads anywhere
     return cfg
