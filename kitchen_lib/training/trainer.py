@@ -17,17 +17,14 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
 from kitchen_lib.base.errors import UserError
-from kitchen_lib.base.images import image_grid, to_image
 from kitchen_lib.base.locks import claim_folder
 from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.examples import ExampleSet
-from kitchen_lib.data.pairs import spread
 from kitchen_lib.model.frame_model import FrameModel
 from kitchen_lib.model.unet import channels_last, count_parameters
 from kitchen_lib.training import batches, distributed, divergence, run_state, runlog
@@ -39,6 +36,7 @@ from kitchen_lib.training.lr_schedule import lr_factor
 from kitchen_lib.training.progress import advance, progress_bar
 from kitchen_lib.training.run_checkpoints import RunCheckpoints
 from kitchen_lib.training.runs import make_room
+from kitchen_lib.training.validation import sample_grid, validation_loss
 
 
 @dataclass
@@ -154,33 +152,6 @@ class Trainer(RunCheckpoints):
 
     # --- the loop ------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Mean loss of the EMA weights on the validation episodes, with fixed noise. The batches are
-        shared out among the ranks and summed; each draws its noise from its own seed, so the value
-        does not depend on how many ranks there are."""
-        self.ema_model.eval()
-        tc = self.cfg.train
-        total, n = 0.0, 0
-        for i, batch in batches.val_batches(self.val_set, tc, self.world, self.device):
-            g = torch.Generator(device=self.device).manual_seed(run_state.val_noise_seed(tc.seed, i))
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                loss = self.ema_model.loss(batch, g)
-            total += float(loss) * len(batch["current"])
-            n += len(batch["current"])
-        total, n = distributed.all_sum(self.world, [total, n], self.device)
-        return total / max(n, 1)
-
-    @torch.no_grad()
-    def sample_grid(self, n: int = 4) -> np.ndarray:
-        """Rows of current | predicted (the run's sampler, EMA weights) | actual for fixed validation pairs."""
-        was_training = self.model.training
-        batch = batches.pick(self.val_set, spread(np.arange(len(self.val_set)), n, "the validation set"), self.device)
-        g = torch.Generator(device=self.device).manual_seed(0)
-        pred = self.ema_model.eval().predict(batch, self.cfg.sampler, g)
-        self.model.train(was_training)
-        return image_grid([list(row) for row in zip(*(to_image(x) for x in (batch["current"], pred, batch["future"])), strict=True)])
-
     def fit(self) -> TrainResult:
         from torch.utils.tensorboard import SummaryWriter
 
@@ -269,11 +240,14 @@ class Trainer(RunCheckpoints):
             for tag, value in (("loss/train", loss), ("lr", lr), ("grad_norm", gnorm)):
                 writer.add_scalar(tag, value, self.opt_step)
         if tc.log_images and self.opt_step % tc.log_image_every == 0:
-            writer.add_image("samples/current|predicted|actual", self.sample_grid(), self.opt_step, dataformats="HWC")
+            was_training = self.model.training  # the EMA network is another module: the model is left as it was
+            grid = sample_grid(self.ema_model, self.val_set, self.cfg.sampler, self.device)
+            self.model.train(was_training)
+            writer.add_image("samples/current|predicted|actual", grid, self.opt_step, dataformats="HWC")
 
     def _end_epoch(self, writer, bar) -> None:
         tc = self.cfg.train
-        self.last_val = self.validate()
+        self.last_val = validation_loss(self.ema_model, self.val_set, tc, self.world, self.device, self.use_amp)
         self._stop_if(divergence.val_loss_problem(self.last_val, self.best_val))
         if self.world.is_main:
             writer.add_scalar("loss/val", self.last_val, self.opt_step)
