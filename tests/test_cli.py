@@ -55,9 +55,9 @@ def test_a_run_stopped_short_of_its_budget_is_trained_for_the_rest_by_quickstart
     """Ctrl-C during quickstart's training leaves latest.pt: the next quickstart trains on for the
     minutes left rather than scoring a half-trained model as the preset's."""
     from kitchen_lib.frontend.quickstart import unfinished_minutes
-    from kitchen_lib.training.config import preset
+    from kitchen_lib.training.config import preset, with_overrides
 
-    cfg = preset("cpu")  # 12 minutes, 100 epochs
+    cfg = with_overrides(preset("cpu"), train={"max_minutes": 12})  # 100 epochs
     assert unfinished_minutes(cfg, {"train_seconds": 3 * 60.0, "epoch": 1}) == pytest.approx(9.0)
     assert unfinished_minutes(cfg, {"train_seconds": 12 * 60 + 5.0, "epoch": 3}) == 0  # stopped by its budget
     assert unfinished_minutes(cfg, {"train_seconds": 11.8 * 60, "epoch": 3}) == 0  # the last half minute: done

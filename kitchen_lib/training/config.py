@@ -1,7 +1,7 @@
 """Run configuration: one dataclass per concern, gathered in `RunConfig`, and the named presets.
 
-`RunConfig()` is the base: the course's `cpu` setup (64x64 frames on 2x2 patches, a U-Net
-sized for 12 minutes of training on a 2-core CPU). Every other preset is the base with the differences
+`RunConfig()` is the base: the course's `cpu` setup (64x64 frames on 4x4 patches, a U-Net
+sized for 8 minutes of training on a 2-core CPU). Every other preset is the base with the differences
 written out in `PRESETS`, so a reader sees in one place what each preset changes:
 
     preset("cpu")                     the base itself
@@ -61,9 +61,9 @@ class TrainConfig:
     log_freq: int = 20  # optimizer steps between scalar logs
     log_images: bool = True
     log_image_every: int = 300  # optimizer steps between sample-prediction images
-    # Stop cleanly, with a checkpoint, after this long (None: run every epoch). cpu: 12 minutes
-    # (+2.42 / +3.56 dB over copy after 10; the targets are +2 / +3.5); cpu-world: 20 (_WORLD).
-    max_minutes: float | None = 12
+    # Stop cleanly, with a checkpoint, after this long (None: run every epoch). cpu: 8 minutes
+    # (+3.06 / +4.24 dB over copy after 8 on the test pairs; the targets are +2 / +3.5); cpu-world: 14 (_WORLD).
+    max_minutes: float | None = 8
     objective: str = "diffusion"  # or "regression": the same network, MSE straight to the future frame
     # Processes training together (torchrun's WORLD_SIZE): set by the Trainer, not a flag. With
     # batch_size per process, a step sees the global batch, batch_size * world_size.
@@ -103,9 +103,10 @@ class RunConfig:
     """Everything a run needs, one dataclass per concern. `RunConfig()` is the `cpu` preset."""
 
     data: PairsConfig = field(default_factory=PairsConfig)
-    # 2x2 patches (the U-Net's top level at 32px): 4x the optimizer steps a CPU minute, worth
-    # +1.5 dB on the moving pixels at 64px (bench/ablation.py; docs/results.md).
-    model: UNetConfig = field(default_factory=lambda: UNetConfig(patch_size=2))
+    # 4x4 patches: the U-Net's levels at 16, 8 and 4 px, 48-96 channels. About the parameters of
+    # the 2x2-patch U-Net it replaced (levels at 32-4 px) at 1.8x its optimizer steps a CPU minute,
+    # and in 10 minutes the world model then scores what that one did in 20 (docs/results.md, issue 25).
+    model: UNetConfig = field(default_factory=lambda: UNetConfig(patch_size=4, base_channels=48, channel_mults=(1, 1, 2)))
     # Trained mostly where DDIM-2 calls the network (t = 999 and 499): t = T u^0.4, 18% of the
     # steps below t = 500 (0.25 left samples no sharper than the regression; 0.5 cost PSNR).
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(timestep_power=0.4))
@@ -176,9 +177,9 @@ _WORLD = {
     "conditioning": {"context_frames": 2, "actions": True, "proprio": True},
     # The vector scales as well as shifts each res block's features.
     "model": {"adagn": True},
-    # Its time to quality still climbs at 20 minutes (+4.1 / +5.2 dB over copy after 10, +5.2 / +6.3
-    # after 20; the targets are +5 / +6): bench/results/quality-cpu-world.json.
-    "train": {"max_minutes": 20},
+    # +4.82 / +6.00 dB over copy on the test pairs after 10 minutes (the targets are +5 / +6), and
+    # still climbing: 14 leaves a margin and, with cpu's 8 and the data's 5, quickstart under 30.
+    "train": {"max_minutes": 14},
 }
 
 
@@ -193,16 +194,16 @@ def _combined(*diffs: dict[str, dict]) -> dict[str, dict]:
 
 # Each preset: what it is for, and what differs from RunConfig() (the `cpu` preset), per concern.
 PRESETS: dict[str, tuple[str, dict[str, dict]]] = {
-    "cpu": ("the course's frame-only model: 64x64, 2x2 patches, 12 minutes of training on a 2-core CPU", {}),
+    "cpu": ("the course's frame-only model: 64x64, 4x4 patches, 8 minutes of training on a 2-core CPU", {}),
     "smoke": ("tiny data and model that train in seconds: tests and the notebooks' smoke mode", _SMOKE),
-    "cpu-world": ("the cpu recipe as a world model: the k actions, joint state and 2 past frames, 20 minutes", _WORLD),
+    "cpu-world": ("the cpu recipe as a world model: the k actions, joint state and 2 past frames, 14 minutes", _WORLD),
     "smoke-world": ("the smoke preset as a world model (tests, notebook 08's smoke mode)", _combined(
         _WORLD, _SMOKE, {"model": {"patch_size": 2}, "diffusion": {"timestep_power": 0.4}})),  # smoke keeps the base's patches and bias
     "seed": ("the original project's 128x128 setup, for a GPU", {
         # The original's: frame size, U-Net (base 32, mults 1,2,3, one res block, attention at
         # 32px, time MLP 512, dropout 0.1), batch 16, learning rate 1e-4, EMA 0.999, no time limit.
         "data": {"size": 128},
-        "model": {"channel_mults": (1, 2, 3), "attention_levels": (2,), "time_mlp_dim": 512,
+        "model": {"base_channels": 32, "channel_mults": (1, 2, 3), "attention_levels": (2,), "time_mlp_dim": 512,
                   "zero_init": True, "patch_size": 1},  # zero-init is ours (see below)
         "train": {"batch_size": 16, "learning_rate": 1e-4, "ema_decay": 0.999, "checkpoint_freq": 5,
                   "log_image_every": 1000, "max_minutes": None},
