@@ -7,7 +7,9 @@ One after the other on this machine (run nothing else meanwhile), from the prese
 
 (a) the standard recipe, as diffusers' training example (examples/unconditional_image_generation)
     sets it up: `UNet2DModel` shaped like our U-Net (same channels per level, res blocks, attention,
-    time-embedding width, dropout; parameter count within 10% of ours, checked), epsilon
+    time-embedding width, dropout, and for a world model the embedding's scale and shift of
+    each res block's norm, `resnet_time_scale_shift="scale_shift"`, as ours; parameter count
+    within 10% of ours, checked), epsilon
     prediction on `DDPMScheduler`'s linear betas with uniform timesteps, AdamW (lr 1e-4, betas
     0.95/0.999, weight decay 1e-6), 500 warm-up steps, gradients clipped at 1, EMA with warm-up
     (inv_gamma 1, power 3/4, max 0.9999), batch 16. The example's cosine decay runs over its 100
@@ -98,7 +100,9 @@ class StandardNet(nn.Module):
             down_block_types=tuple("AttnDownBlock2D" if i in m.attention_levels else "DownBlock2D" for i in levels),
             up_block_types=tuple("AttnUpBlock2D" if i in m.attention_levels else "UpBlock2D" for i in reversed(levels)),
             norm_num_groups=m.groups, attention_head_dim=chans[-1] // m.heads, time_embedding_dim=m.time_mlp_dim,
-            dropout=m.dropout, class_embed_type="identity" if self.vector_dim else None)
+            dropout=m.dropout, class_embed_type="identity" if self.vector_dim else None,
+            # diffusers' own AdaGN, where ours has it (cpu-world): the embedding scales and shifts each res block's norm
+            resnet_time_scale_shift="scale_shift" if m.adagn else "default")
         self.vector_embedding = TimestepEmbedding(self.vector_dim, m.time_mlp_dim) if self.vector_dim else None
         mean, std = vector_stats if vector_stats is not None else (np.zeros(self.vector_dim), np.ones(self.vector_dim))
         self.register_buffer("vector_mean", torch.as_tensor(mean, dtype=torch.float32))
@@ -201,7 +205,7 @@ def race_standard(rc: RunConfig, cache: PairsCache, points: list[float], score, 
 
     rows, trained, steps, epoch = [], 0.0, 0, 0
     stream = batches()
-    bar = tqdm(total=round(points[-1] * 60), desc="train the standard recipe", unit="s")
+    bar = tqdm(total=points[-1] * 60, desc="train the standard recipe", unit="s", bar_format="{l_bar}{bar}| {postfix}")
     for point in points:
         while trained < point * 60:
             t0 = time.perf_counter()
@@ -217,7 +221,7 @@ def race_standard(rc: RunConfig, cache: PairsCache, points: list[float], score, 
             steps += 1
             dt = time.perf_counter() - t0
             trained += dt
-            bar.update(dt)
+            bar.update(min(dt, max(0.0, bar.total - bar.n)))
             bar.set_postfix(step=steps, loss=f"{loss.item():.4f}")
         scored = copy.deepcopy(net).eval()
         ema.copy_to(scored.parameters())
