@@ -18,8 +18,8 @@ One after the other on this machine (run nothing else meanwhile), from the prese
     world model's action/joint vector, normalised as ours is, through diffusers'
     `TimestepEmbedding` MLP added to the time embedding (`class_embed_type="identity"`, the
     continuous-vector route `UNet2DModel` offers). Sampled with `DDIMScheduler` from pure noise:
-    DDIM-50 (its default "leading" spacing), and few-step settings (2, 5, 10 steps, "trailing"
-    spacing, which starts at t = 999 as few-step sampling needs; "leading" 10 for comparison), the
+    DDIM-50 (its default "leading" spacing), and few-step settings (--few_step: 2, 5 and 10 steps
+    by default, with "trailing" spacing, which starts at t = 999 as few-step sampling needs), the
     best of which is reported.
 (b) our preset, unchanged (its Trainer, its default sampler).
 
@@ -68,9 +68,12 @@ from kitchen_lib.training.trainer import Trainer  # noqa: E402
 STANDARD = {"learning_rate": 1e-4, "adam_betas": (0.95, 0.999), "weight_decay": 1e-6, "adam_epsilon": 1e-8,
             "warmup_steps": 500, "batch_size": 16, "max_grad_norm": 1.0, "ema_inv_gamma": 1.0, "ema_power": 0.75,
             "ema_max_decay": 0.9999}
-# (label, steps, timestep spacing); the first is the reference sampler, the rest the few-step candidates.
-STANDARD_SAMPLERS = [("DDIM-50", 50, "leading"), ("DDIM-2 trailing", 2, "trailing"), ("DDIM-5 trailing", 5, "trailing"),
-                     ("DDIM-10 trailing", 10, "trailing"), ("DDIM-10", 10, "leading")]
+# (label, steps, timestep spacing): the reference sampler; the few-step candidates are --few_step's.
+REFERENCE_SAMPLER = ("DDIM-50", 50, "leading")
+
+
+def standard_samplers(few_step: list[int]) -> list[tuple[str, int, str]]:
+    return [REFERENCE_SAMPLER] + [(f"DDIM-{n} trailing", n, "trailing") for n in few_step]
 
 
 def require_diffusers():
@@ -290,6 +293,8 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu-world", choices=sorted(PRESETS))
     ap.add_argument("--points", type=float, nargs="+", default=[5, 10, 15, 20], help="training minutes at which to score")
     ap.add_argument("--pairs", type=int, default=128, help="test pairs scored (the same for both)")
+    ap.add_argument("--few_step", type=int, nargs="+", default=[2, 5, 10],
+                    help="the standard recipe's few-step DDIM candidates (trailing spacing); each costs its steps at every point")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--std_lr", type=float, default=None, help="the standard recipe's learning rate (default 1e-4)")
     ap.add_argument("--std_batch", type=int, default=None, help="the standard recipe's batch size (default 16)")
@@ -311,14 +316,15 @@ def main() -> None:
     run_dir = Path(a.run_dir or data_dir() / "checkpoints" / f"bench-race-{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     res = {"machine": machine(), "preset": a.preset, "config": rc.to_dict(), "pairs": int(len(rows)), "points": points,
            "parameters": {"ours": ours_params, "standard": std_params}, "standard_recipe": STANDARD
-           | {"learning_rate": a.std_lr or STANDARD["learning_rate"], "batch_size": a.std_batch or STANDARD["batch_size"]},
+           | {"learning_rate": a.std_lr or STANDARD["learning_rate"], "batch_size": a.std_batch or STANDARD["batch_size"],
+              "samplers": standard_samplers(a.few_step)},
            "ours_sampler": rc.sampler.label(rc.diffusion.timesteps), "run_dir": str(run_dir), "complete": False}
     print(f"{a.preset}: ours {ours_params:,} parameters, the standard UNet2DModel {std_params:,}; "
           f"{len(rows)} test pairs; points {points} minutes", flush=True)
 
     def score_standard(net: StandardNet, train_config: dict) -> dict:
         out = {"samplers": {}}
-        for label, steps, spacing in STANDARD_SAMPLERS:
+        for label, steps, spacing in standard_samplers(a.few_step):
             p = StandardPredictor(net, rc, device, dict(train_config), spacing)
             ev = evaluate(p, cache, "test", SamplerConfig("ddim", steps), max_pairs=a.pairs, progress=False,
                           mean_of=0, x0=False, shuffled=False)
@@ -348,7 +354,7 @@ def main() -> None:
     inputs = gather(cache, rows[:1], rc.conditioning)
     last_std, last_ours = res["standard"][-1], res["ours"][-1]
     std_pred = last_std.pop("_predictor")
-    for label, steps, spacing in STANDARD_SAMPLERS:
+    for label, steps, spacing in standard_samplers(a.few_step):
         if label in ("DDIM-50", last_std["best_few_step"]):
             std_pred.spacing = spacing
             last_std["samplers"][label]["seconds_per_frame"] = seconds_per_frame(std_pred, inputs, SamplerConfig("ddim", steps))

@@ -62,7 +62,7 @@ class TrainConfig:
     log_images: bool = True
     log_image_every: int = 300  # optimizer steps between sample-prediction images
     # Stop cleanly, with a checkpoint, after this long (None: run every epoch). cpu: 8 minutes
-    # (+3.06 / +4.24 dB over copy after 8 on the test pairs; the targets are +2 / +3.5); cpu-world: 14 (_WORLD).
+    # (+3.05 / +4.24 dB over copy after 8 on the test pairs; the targets are +2 / +3.5); cpu-world: 14 (_WORLD).
     max_minutes: float | None = 8
     objective: str = "diffusion"  # or "regression": the same network, MSE straight to the future frame
     # Processes training together (torchrun's WORLD_SIZE): set by the Trainer, not a flag. With
