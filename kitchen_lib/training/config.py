@@ -198,7 +198,7 @@ PRESETS: dict[str, tuple[str, dict[str, dict]]] = {
     "smoke": ("tiny data and model that train in seconds: tests and the notebooks' smoke mode", _SMOKE),
     "cpu-world": ("the cpu recipe as a world model: the k actions, joint state and 2 past frames, 14 minutes", _WORLD),
     "smoke-world": ("the smoke preset as a world model (tests, notebook 08's smoke mode)", _combined(
-        _WORLD, _SMOKE, {"model": {"patch_size": 2}, "diffusion": {"timestep_power": 0.4}})),  # smoke keeps the base's patches and bias
+        _WORLD, _SMOKE, {"model": {"patch_size": 2}, "diffusion": {"timestep_power": 0.4}})),  # 2x2 patches: 4x4 would leave the 32px smoke frames 8x8
     "seed": ("the original project's 128x128 setup, for a GPU", {
         # The original's: frame size, U-Net (base 32, mults 1,2,3, one res block, attention at
         # 32px, time MLP 512, dropout 0.1), batch 16, learning rate 1e-4, EMA 0.999, no time limit.
