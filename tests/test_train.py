@@ -214,8 +214,9 @@ def test_every_preset_is_a_working_configuration():
         assert model.net.image_size == cfg.data.size and model.net.image_channels == cfg.data.channels
         assert RunConfig.from_dict(cfg.to_dict()) == cfg
     gray = build_model(with_overrides(preset("cpu"), data={"grayscale": True, "size": 32}))
-    # derived from the data, never set twice: noisy change + current frame, one channel each, folded 2x2
-    assert gray.net.inp.in_channels == 2 * 2**2 and gray.net.image_size == 32
+    # derived from the data, never set twice: noisy change + current frame, one channel each, folded p x p
+    p = preset("cpu").model.patch_size
+    assert p > 1 and gray.net.inp.in_channels == 2 * p**2 and gray.net.image_size == 32
     with pytest.raises(ValueError, match="unknown preset"):
         preset("gpu")
 
