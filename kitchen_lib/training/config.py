@@ -105,7 +105,7 @@ class RunConfig:
     data: PairsConfig = field(default_factory=PairsConfig)
     # 4x4 patches: the U-Net's levels at 16, 8 and 4 px, 48-96 channels. About the parameters of
     # the 2x2-patch U-Net it replaced (levels at 32-4 px) at 1.8x its optimizer steps a CPU minute,
-    # and in 10 minutes the world model then scores what that one did in 20 (docs/results.md, issue 25).
+    # and in 10 minutes the world model then scores what that one did in 20 (docs/results.md, "4x4 patches").
     model: UNetConfig = field(default_factory=lambda: UNetConfig(patch_size=4, base_channels=48, channel_mults=(1, 1, 2)))
     # Trained mostly where DDIM-2 calls the network (t = 999 and 499): t = T u^0.4, 18% of the
     # steps below t = 500 (0.25 left samples no sharper than the regression; 0.5 cost PSNR).
