@@ -6,8 +6,10 @@ Cache layout, one folder per config under `data/pairs/`, named by a hash of the 
     actions.npy  (F, 9) float32, the action taken at each frame (an episode's last frame: zeros)
     proprio.npy  (F, 9) float32, the robot's joint positions at each frame (observation[0:9])
     objects.npy  (F, 21) float64, the objects' joint positions (qpos[9:30]: what the tasks move)
-    meta.json    the config, the dataset's fingerprint, each episode's split and first frame,
-                 the (episode, step) of every pair per split, and a blake2b checksum of each array
+    meta.json    the config, the dataset's fingerprint, each episode's split, first frame and
+                 dataset (several joined by "+" make one cache: `select(split, dataset=...)` takes
+                 one's pairs), the (episode, step) of every pair per split, and a blake2b checksum
+                 of each array
 Reading memory-maps frames.npy, so loading is instant at any size. Every array is read by
 `load_array` (header, shape, dtype, finiteness, checksum; a CacheError naming the file). The
 per-frame arrays are checked against their checksums whenever they are read; frames.npy, GBs,
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kitchen_lib.base.errors import UserError
+from kitchen_lib.data.datasets import dataset_parts
 from kitchen_lib.data.pairs import SPLITS, PairsConfig, spread
 
 CACHE_FORMAT = 1
@@ -168,10 +171,33 @@ class PairsCache:
             raise UserError(f"unknown split {split!r}: choose one of {SPLITS}")
         return np.asarray(self.meta["pairs"][split], dtype=np.int64).reshape(-1, 2)
 
-    def select(self, split: str, max_pairs: int | None = None) -> np.ndarray:
-        """(N, 2) (episode, step) rows of a split ('all': every split), evenly thinned to max_pairs."""
+    def select(self, split: str, max_pairs: int | None = None, dataset: str | None = None) -> np.ndarray:
+        """(N, 2) (episode, step) rows of a split ('all': every split), only those of one of the
+        joined datasets if `dataset` names one, evenly thinned to max_pairs."""
         splits = SPLITS if split == "all" else (split,)
-        return spread(np.concatenate([self.pairs(s) for s in splits]), max_pairs, f"the {split} split")
+        rows = np.concatenate([self.pairs(s) for s in splits])
+        if dataset is None:
+            return spread(rows, max_pairs, f"the {split} split")
+        rows = rows[np.isin(rows[:, 0], self.episodes_of(dataset))]
+        return spread(rows, max_pairs, f"the {split} split of {dataset}")
+
+    @property
+    def datasets(self) -> list[str]:
+        """The datasets the cache was built from (one, or those joined by "+"), in order."""
+        return dataset_parts(self.meta["config"]["dataset"])
+
+    def dataset_of(self, episode: int) -> str:
+        """The dataset an episode of the cache comes from."""
+        self.first_frames(np.array([episode]))  # an unknown episode gets its message here
+        e = next(e for e in self.meta["episodes"] if e["index"] == int(episode))
+        return e.get("dataset", self.meta["config"]["dataset"])  # a cache built before joining: its one dataset
+
+    def episodes_of(self, dataset: str) -> list[int]:
+        """The cache's episodes (all splits) that come from `dataset`, one of `datasets`."""
+        if dataset not in self.datasets:
+            raise UserError(f"{dataset!r} is not one of this cache's datasets: {', '.join(self.datasets)}")
+        own = self.meta["config"]["dataset"]
+        return [e["index"] for e in self.meta["episodes"] if e.get("dataset", own) == dataset]
 
     def release(self) -> None:
         """Unmap the frame pages this process has read (they stay in the OS page cache): a pass over
@@ -238,6 +264,9 @@ def _check_meta(meta: dict, shape: tuple, path: Path, fix: str) -> None:
         ends = [e["first_frame"] + e["num_frames"] for e in eps]
         if [e["first_frame"] for e in eps] != [0] + ends[:-1] or (ends[-1] if ends else 0) != shape[0]:
             raise ValueError("episode boundaries overlap, leave gaps or do not match frames.npy")
+        parts = set(dataset_parts(meta["config"]["dataset"]))
+        if any(e.get("dataset", next(iter(parts))) not in parts for e in eps):
+            raise ValueError("an episode's dataset is not one the cache was built from")
         split_of = {e["index"]: e["split"] for e in eps}
         listed = {ep: s for s in SPLITS for ep in meta["splits"].get(s, [])}
         if len(split_of) != len(eps) or listed != split_of or sum(len(v) for v in meta["splits"].values()) != len(eps):

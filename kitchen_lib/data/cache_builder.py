@@ -4,6 +4,11 @@
 episodes once, rendering their frames on all cores and taking each frame's action, joint state
 and object state on the way, and renames the finished folder into place. A cache built before
 the per-frame arrays existed gets them here too, under the same lock.
+
+Several datasets joined by "+" (PairsConfig.dataset) make one cache: their episodes are numbered
+one after another (a single dataset's keep their own numbers), each dataset is split into
+train/val/test on its own, and meta.json records each episode's dataset and its number there.
+A single dataset's cache is keyed, split and laid out exactly as before joining existed.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +31,29 @@ from kitchen_lib.base.images import to_grayscale
 from kitchen_lib.base.locks import clean_stale, folder_lock, hold_temp, let_go, owner_tag, user_file_mode
 from kitchen_lib.base.paths import atomic_path, data_dir, fsync_dir, fsync_file
 from kitchen_lib.data.cache import CACHE_FORMAT, FRAME_ARRAYS, PairsCache, file_digest, load_cache
-from kitchen_lib.data.datasets import dataset_path, episode_lengths, fingerprint, iter_episodes
+from kitchen_lib.data.datasets import Episode, dataset_parts, dataset_path, episode_lengths, fingerprint, iter_episodes
 from kitchen_lib.data.kitchen import state_from_observation
 from kitchen_lib.data.pairs import SPLITS, PairsConfig, pair_steps, split_episodes
 from kitchen_lib.data.render import render_chunks
 
 
-def _cache_key(cfg: PairsConfig, lengths: list[int]) -> dict:
-    return {"format": CACHE_FORMAT, "config": asdict(cfg), "dataset_fingerprint": fingerprint(cfg.dataset), "lengths": lengths}
+@dataclass(frozen=True)
+class _Source:
+    """One episode a cache is built from."""
+
+    index: int  # its number in the cache: its dataset's own for a single dataset, else offset by the datasets before
+    dataset: str
+    local: int  # its number in its dataset
+    steps: int
+
+
+def _fingerprint(dataset: str) -> str | dict[str, str]:
+    parts = dataset_parts(dataset)
+    return fingerprint(parts[0]) if len(parts) == 1 else {p: fingerprint(p) for p in parts}
+
+
+def _cache_key(cfg: PairsConfig, lengths: list[int] | dict[str, list[int]]) -> dict:
+    return {"format": CACHE_FORMAT, "config": asdict(cfg), "dataset_fingerprint": _fingerprint(cfg.dataset), "lengths": lengths}
 
 
 def cache_dir_for(cfg: PairsConfig, root: Path | None = None) -> Path:
@@ -41,9 +62,12 @@ def cache_dir_for(cfg: PairsConfig, root: Path | None = None) -> Path:
     return (root or data_dir() / "pairs") / f"pairs-{digest}"
 
 
-def legacy_cache_dir(cfg: PairsConfig, root: Path | None = None) -> Path:
+def legacy_cache_dir(cfg: PairsConfig, root: Path | None = None) -> Path | None:
     """Where these pairs were cached while the dataset's fingerprint was its files' sizes and
-    modification times (before content digests): such a cache is adopted, not rendered again."""
+    modification times (before content digests): such a cache is adopted, not rendered again.
+    None for joined datasets (they came after)."""
+    if len(dataset_parts(cfg.dataset)) > 1:
+        return None
     data = dataset_path(cfg.dataset) / "data"
     old = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(data.iterdir()) if p.is_file())
     key = _cache_key(cfg, _used_lengths(cfg)) | {"dataset_fingerprint": old}
@@ -51,9 +75,36 @@ def legacy_cache_dir(cfg: PairsConfig, root: Path | None = None) -> Path:
     return (root or data_dir() / "pairs") / f"pairs-{digest}"
 
 
-def _used_lengths(cfg: PairsConfig) -> list[int]:
-    lengths = episode_lengths(cfg.dataset)
-    return lengths[: cfg.max_episodes] if cfg.max_episodes else lengths
+def _used_lengths(cfg: PairsConfig) -> list[int] | dict[str, list[int]]:
+    """Steps of each used episode: a list for one dataset, {dataset: list} for joined ones."""
+    per = {}
+    for part in dataset_parts(cfg.dataset):
+        lengths = episode_lengths(part)
+        per[part] = lengths[: cfg.max_episodes] if cfg.max_episodes else lengths
+    return next(iter(per.values())) if len(per) == 1 else per
+
+
+def _sources(cfg: PairsConfig, lengths: list[int] | dict[str, list[int]]) -> list[_Source]:
+    """Every used episode, dataset after dataset, numbered as the cache numbers them."""
+    per = lengths if isinstance(lengths, dict) else {cfg.dataset: lengths}
+    out: list[_Source] = []
+    for part, steps in per.items():
+        out += [_Source(len(out) + i, part, i, n) for i, n in enumerate(steps)]
+    return out
+
+
+def _read(sources: list[_Source]) -> Iterator[tuple[_Source, Episode]]:
+    """The sources' episodes, streamed in the order given (grouped by dataset)."""
+    for part in dict.fromkeys(s.dataset for s in sources):
+        mine = [s for s in sources if s.dataset == part]
+        yield from zip(mine, iter_episodes(part, [s.local for s in mine]), strict=True)
+
+
+def _meta_sources(meta: dict) -> list[_Source]:
+    """A cache's episodes as sources (a cache built before joining records no datasets: its own)."""
+    default = meta["config"]["dataset"]
+    return [_Source(e["index"], e.get("dataset", default), e.get("dataset_index", e["index"]), e["num_frames"] - 1)
+            for e in sorted(meta["episodes"], key=lambda e: e["first_frame"])]
 
 
 def build_pairs(
@@ -62,12 +113,13 @@ def build_pairs(
     """Load the cache for `cfg`, building it first if needed (streaming, all cores)."""
     cfg.validate()
     lengths = _used_lengths(cfg)
-    if not lengths:
+    steps = [s.steps for s in _sources(cfg, lengths)]
+    if not steps:
         raise UserError(f"{cfg.dataset} has no episodes")
-    if cfg.k >= max(lengths):
+    if cfg.k >= max(steps):
         raise UserError(
-            f"k={cfg.k} is not shorter than any episode of {cfg.dataset} (the longest has {max(lengths)} steps): "
-            f"choose k < {max(lengths)}"
+            f"k={cfg.k} is not shorter than any episode of {cfg.dataset} (the longest has {max(steps)} steps): "
+            f"choose k < {max(steps)}"
         )
     path = cache_dir_for(cfg, root)
     if path.exists() and not force and _complete(path):
@@ -125,10 +177,9 @@ def _add_frame_arrays(cache: PairsCache) -> None:
     if not missing:
         return
     out = {name: np.zeros((len(cache.frames), FRAME_ARRAYS[name][0]), FRAME_ARRAYS[name][1]) for name in missing}
-    counts = {e["index"]: e["num_frames"] for e in cache.meta["episodes"]}
-    for ep in iter_episodes(cache.meta["config"]["dataset"], sorted(counts)):
-        rows = cache.episode_rows(ep.index)
-        arrays = _frame_arrays(ep.observations[: counts[ep.index]], ep.actions)
+    for src, ep in _read(_meta_sources(cache.meta)):
+        rows = cache.episode_rows(src.index)
+        arrays = _frame_arrays(ep.observations[: src.steps + 1], ep.actions)
         for name in missing:
             out[name][rows] = arrays[name]
     # Their checksums join meta.json's; an old cache's frames.npy stays without one (verify_cache says so).
@@ -137,17 +188,29 @@ def _add_frame_arrays(cache: PairsCache) -> None:
         _write_json(tmp, cache.meta)
 
 
-def _build(cfg: PairsConfig, path: Path, lengths: list[int], workers: int | None, progress: bool) -> None:
-    usable = [i for i, n in enumerate(lengths) if n > cfg.k]
-    if len(usable) < len(lengths):
-        warnings.warn(f"{len(lengths) - len(usable)} episodes of {cfg.dataset} are not longer than k={cfg.k} and are left out", stacklevel=3)
-    splits = split_episodes(len(usable), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    split_of = {usable[j]: s for s, js in splits.items() for j in js}
+def _build(cfg: PairsConfig, path: Path, lengths: list[int] | dict[str, list[int]], workers: int | None,
+           progress: bool) -> None:
+    split_of: dict[int, str] = {}
+    usable: list[_Source] = []
+    for part in dataset_parts(cfg.dataset):
+        mine = [s for s in _sources(cfg, lengths) if s.dataset == part]
+        ok = [s for s in mine if s.steps > cfg.k]
+        if len(ok) < len(mine):
+            warnings.warn(f"{len(mine) - len(ok)} episodes of {part} are not longer than k={cfg.k} and are left out",
+                          stacklevel=3)
+        try:
+            splits = split_episodes(len(ok), cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        except UserError as e:
+            if part == cfg.dataset:
+                raise
+            raise UserError(f"{part}: {e}") from None
+        split_of |= {ok[j].index: s for s, js in splits.items() for j in js}
+        usable += ok
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{owner_tag()}", dir=path.parent))
     held = hold_temp(os.open(tmp, os.O_RDONLY))  # the sweeper leaves it alone, in any pid namespace
     try:
-        meta = _write_cache(tmp, cfg, lengths, usable, split_of, workers, progress)
+        meta = _write_cache(tmp, cfg, usable, split_of, workers, progress)
         meta["build_seconds"] = round(time.time() - t0, 2)
         _write_json(tmp / "meta.json", meta)
         os.chmod(tmp, user_file_mode(directory=True))  # mkdtemp's 0700 would outlive the rename
@@ -169,17 +232,19 @@ def _write_json(path: Path, obj: dict) -> None:
     fsync_file(path)
 
 
-def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -> dict:
+def _write_cache(tmp: Path, cfg: PairsConfig, usable: list[_Source], split_of: dict[int, str], workers: int | None,
+                 progress: bool) -> dict:
     from tqdm.auto import tqdm
 
-    num_frames = sum(lengths[i] + 1 for i in usable)
+    num_frames = sum(s.steps + 1 for s in usable)
     shape = (num_frames, cfg.size, cfg.size, cfg.channels)
     episodes, pairs = [], {s: [] for s in SPLITS}
     first = 0
-    for i in usable:
-        episodes.append({"index": i, "split": split_of[i], "first_frame": first, "num_frames": lengths[i] + 1})
-        pairs[split_of[i]] += [[i, int(t)] for t in pair_steps(lengths[i], cfg.k)]
-        first += lengths[i] + 1
+    for s in usable:
+        episodes.append({"index": s.index, "split": split_of[s.index], "first_frame": first, "num_frames": s.steps + 1,
+                         "dataset": s.dataset, "dataset_index": s.local})
+        pairs[split_of[s.index]] += [[s.index, int(t)] for t in pair_steps(s.steps, cfg.k)]
+        first += s.steps + 1
 
     arrays = {name: np.zeros((num_frames, cols), dtype) for name, (cols, dtype) in FRAME_ARRAYS.items()}
     first_of = {e["index"]: e["first_frame"] for e in episodes}
@@ -187,12 +252,12 @@ def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -
     def jobs():
         # Episodes are read one at a time and cut into small chunks for the workers; their
         # per-frame arrays are taken on the way, so the episodes are read once.
-        for ep in iter_episodes(cfg.dataset, usable):
-            f0 = first_of[ep.index]
+        for src, ep in _read(usable):
+            f0 = first_of[src.index]
             for name, rows in _frame_arrays(ep.observations, ep.actions).items():
                 arrays[name][f0 : f0 + len(rows)] = rows
             for s in range(0, len(ep.observations), 64):
-                yield (ep.index, s), ep.observations[s : s + 64]
+                yield (src.index, s), ep.observations[s : s + 64]
 
     # Written straight to the file (not through a memory map), so memory stays flat.
     with open(tmp / "frames.npy", "wb") as f:
@@ -210,7 +275,7 @@ def _write_cache(tmp: Path, cfg, lengths, usable, split_of, workers, progress) -
     return {
         "format": CACHE_FORMAT,
         "config": asdict(cfg),
-        "dataset_fingerprint": fingerprint(cfg.dataset),
+        "dataset_fingerprint": _fingerprint(cfg.dataset),
         "frames_shape": list(shape),
         "episodes": episodes,
         "splits": {s: [e["index"] for e in episodes if e["split"] == s] for s in SPLITS},

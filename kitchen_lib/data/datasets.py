@@ -21,12 +21,17 @@ from kitchen_lib.data.kitchen import COMPLETE_TASKS, OBS_DIM, completed_tasks
 
 OFFLINE_DATASET_ID = "kitchen-diffusion/scripted-complete-v0"
 SMOKE_DATASET_ID = "kitchen-diffusion/scripted-smoke-v0"
+# The arm driven to random reachable poses, touching the objects (kitchen_lib.data.explore).
+EXPLORE_DATASET_ID = "kitchen-diffusion/scripted-explore-v0"
+EXPLORE_SMOKE_DATASET_ID = "kitchen-diffusion/scripted-explore-smoke-v0"
 D4RL_DATASET_IDS = (
     "D4RL/kitchen/complete-v2",
     "D4RL/kitchen/partial-v2",
     "D4RL/kitchen/mixed-v2",
 )
 OUR_NAMESPACE = "kitchen-diffusion"
+# Several datasets trained on together are named as one setting, their ids joined by this.
+JOIN = "+"
 
 
 class DatasetError(UserError, RuntimeError):
@@ -40,6 +45,9 @@ _DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(/[A-Za-z0-9][A-Za-z0-9_-]*)
 
 def check_dataset_id(dataset_id: str, generated: bool = False) -> str:
     """Refuse anything but a well-formed Minari id (and, for `generated`, one under our namespace)."""
+    if isinstance(dataset_id, str) and JOIN in dataset_id and all(_DATASET_ID.fullmatch(p) for p in dataset_id.split(JOIN)):
+        raise DatasetError(f"{dataset_id!r} joins several datasets; this needs one of them: "
+                           f"{', '.join(dataset_id.split(JOIN))}")
     if not isinstance(dataset_id, str) or not _DATASET_ID.fullmatch(dataset_id):
         raise DatasetError(
             f"{dataset_id!r} is not a Minari dataset id: it should look like namespace/name-vN (letters, digits, "
@@ -49,6 +57,24 @@ def check_dataset_id(dataset_id: str, generated: bool = False) -> str:
             f"generated datasets live under {OUR_NAMESPACE}/ (got {dataset_id!r}); D4RL's ids "
             f"are reserved for the real D4RL data. Try {OFFLINE_DATASET_ID}.")
     return dataset_id
+
+
+def dataset_parts(dataset: str) -> list[str]:
+    """The ids a dataset setting names: one id, or several joined by "+" (trained on together),
+    each checked; e.g. "kitchen-diffusion/scripted-complete-v0+kitchen-diffusion/scripted-explore-v0"."""
+    if not isinstance(dataset, str):
+        check_dataset_id(dataset)  # its message
+    parts = dataset.split(JOIN)
+    for part in parts:
+        check_dataset_id(part)
+    if len(set(parts)) < len(parts):
+        raise DatasetError(f"{dataset!r} names a dataset twice: join each dataset once")
+    return parts
+
+
+def joined(*dataset_ids: str) -> str:
+    """One setting for several datasets trained on together: joined(a, b) == "a+b"."""
+    return JOIN.join(dataset_ids)
 
 
 @dataclass
@@ -131,6 +157,11 @@ def _check_episode(dataset_id: str, ep) -> tuple[np.ndarray, np.ndarray]:
             f"(T+1, {OBS_DIM}) as in D4RL's kitchen datasets. Is this a kitchen dataset?"
         )
     return obs, np.asarray(ep.actions, dtype=np.float64)
+
+
+def open_datasets(dataset: str, download: bool = False) -> list:
+    """Every part of a (possibly joined) dataset setting opened: each missing one raises open_dataset's error."""
+    return [open_dataset(part, download=download) for part in dataset_parts(dataset)]
 
 
 def iter_episodes(dataset_id: str, episodes: list[int] | None = None, download: bool = False) -> Iterator[Episode]:

@@ -1,4 +1,6 @@
-"""Making our own offline dataset: the scripted expert's episodes, stored as a Minari dataset.
+"""Making our own offline datasets, stored as Minari datasets: the scripted expert's episodes
+(`policy="expert"`), exploration (`"explore"`: the arm driven to random reachable poses, touching
+the objects, kitchen_lib.data.explore) or random actions (`"random"`, for scale tests).
 
 Written in a temporary store beside the real one and moved into place whole, so the
 datasets it makes are read by `kitchen_lib.data.datasets` exactly like D4RL's.
@@ -16,28 +18,69 @@ from kitchen_lib.base.locks import clean_stale, hold_temp, let_go, owner_tag
 from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.datasets import (
     D4RL_DATASET_IDS,
+    EXPLORE_DATASET_ID,
+    EXPLORE_SMOKE_DATASET_ID,
     OFFLINE_DATASET_ID,
     OUR_NAMESPACE,
+    SMOKE_DATASET_ID,
     DatasetError,
     check_dataset_id,
+    dataset_parts,
     dataset_path,
     is_local,
+    joined,
     open_dataset,
     store_path,
 )
 from kitchen_lib.data.kitchen import COMPLETE_TASKS
 
+# Who acts: the scripted expert, exploration, or random actions.
+POLICIES = ("expert", "explore", "random")
+# Where random actions go when no id is given (our named datasets keep their own policy's episodes).
+RANDOM_DATASET_ID = "kitchen-diffusion/random-v0"
+# Our named datasets each hold one policy's episodes.
+DATASET_POLICIES = {OFFLINE_DATASET_ID: "expert", SMOKE_DATASET_ID: "expert",
+                    EXPLORE_DATASET_ID: "explore", EXPLORE_SMOKE_DATASET_ID: "explore"}
+# What each policy's episodes are, for the dataset's metadata (the expert's as they always were).
+_ALGORITHMS = {"expert": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py",
+                          "the scripted expert (kitchen_lib.data.expert)"),
+               "explore": ("kitchen_lib exploration (DLS IK to random reachable poses)", "kitchen_lib/data/explore.py",
+                           "exploration: random reachable hand poses, the gripper, touching the objects "
+                           "(kitchen_lib.data.explore)"),
+               "random": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py", "random actions")}
+
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """How much our scripted expert records: episodes, the step limit of each, the seed."""
+    """How much our scripted expert records: episodes, the step limit of each, the seed, who acts."""
 
     episodes: int = 20
     max_steps: int = 900  # long enough for all four tasks
     seed: int = 0
+    policy: str = "expert"  # expert (the four tasks), explore (random reachable poses, touching objects) or random
 
 
-def _create_in(store: Path, dataset_id: str, buffers: list, env, description: str) -> None:
+def policy_for(dataset_id: str, policy: str = "expert") -> str:
+    """The policy whose episodes `dataset_id` holds: its own for our named datasets, else `policy`."""
+    return DATASET_POLICIES.get(dataset_id, policy)
+
+
+def default_dataset(policy: str, dataset: str) -> str:
+    """Where `generate --policy P` writes when no --dataset is given, for a run whose setting is
+    `dataset`: its parts that hold P's episodes; else, for exploration, the exploration dataset of
+    `dataset`'s size (smoke's for smoke's), for random actions RANDOM_DATASET_ID."""
+    if policy == "random":
+        return RANDOM_DATASET_ID
+    parts = dataset_parts(dataset)
+    mine = [p for p in parts if policy_for(p) == policy]
+    if mine:
+        return joined(*mine)
+    if policy == "explore":
+        return EXPLORE_SMOKE_DATASET_ID if SMOKE_DATASET_ID in parts else EXPLORE_DATASET_ID
+    return dataset
+
+
+def _create_in(store: Path, dataset_id: str, buffers: list, env, description: str, policy: str = "expert") -> None:
     """Write the dataset with Minari into the Minari store `store` (not the user's)."""
     import minari
 
@@ -48,9 +91,9 @@ def _create_in(store: Path, dataset_id: str, buffers: list, env, description: st
             dataset_id=dataset_id,
             buffer=buffers,
             env=env,
-            algorithm_name="kitchen_lib scripted expert (DLS IK waypoints)",
+            algorithm_name=_ALGORITHMS[policy][0],
             author="Kitchen Diffusion",
-            code_permalink="kitchen_lib/data/expert.py",
+            code_permalink=_ALGORITHMS[policy][1],
             description=description,
             data_format="hdf5",
         )
@@ -61,8 +104,8 @@ def _create_in(store: Path, dataset_id: str, buffers: list, env, description: st
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
-def _write_dataset(dataset_id: str, records, env, description: str, overwrite: bool = False):
-    """Write expert episodes as a Minari dataset, atomically.
+def _write_dataset(dataset_id: str, records, env, description: str, overwrite: bool = False, policy: str = "expert"):
+    """Write episodes as a Minari dataset, atomically.
 
     The dataset is built in a temporary store beside the real one and moved into place
     only when complete, so a crash never leaves half a dataset, and an existing dataset is
@@ -97,7 +140,7 @@ def _write_dataset(dataset_id: str, records, env, description: str, overwrite: b
     tmp_root = Path(tempfile.mkdtemp(prefix=f".kitchen{owner_tag()}", dir=root))
     held = hold_temp(os.open(tmp_root, os.O_RDONLY))  # the sweeper leaves it alone, in any pid namespace
     try:
-        _create_in(tmp_root, dataset_id, buffers, env, description)
+        _create_in(tmp_root, dataset_id, buffers, env, description, policy)
         ns_meta = tmp_root / OUR_NAMESPACE / "namespace_metadata.json"
         (root / OUR_NAMESPACE).mkdir(parents=True, exist_ok=True)
         if ns_meta.exists() and not (root / OUR_NAMESPACE / "namespace_metadata.json").exists():
@@ -134,16 +177,20 @@ def generate_dataset(
     overwrite: bool = False,
     progress: bool = True,
     random_actions: bool = False,
+    policy: str | None = None,
 ) -> GenerateReport:
-    """Run the scripted expert (or random actions) and store the episodes as a Minari dataset."""
+    """Run a policy (by default the one `dataset_id` holds, policy_for; `random_actions=True` is
+    policy="random") and store its episodes as a Minari dataset."""
     import time
 
     from tqdm.auto import tqdm
 
     from kitchen_lib.data.expert import random_episode, run_episode
+    from kitchen_lib.data.explore import explore_episode
     from kitchen_lib.data.kitchen import make_env
 
     check_dataset_id(dataset_id, generated=True)
+    policy = _checked_policy(dataset_id, "random" if random_actions else policy)
     if episodes < 1:
         raise DatasetError(f"--episodes must be at least 1 (got {episodes})")
     if max_steps < 1:
@@ -151,19 +198,21 @@ def generate_dataset(
     if is_local(dataset_id) and not overwrite:
         raise DatasetError(f"{dataset_id} already exists at {dataset_path(dataset_id)}; pass --overwrite to replace it.")
     check_destination(store_path(), "the Minari store (MINARI_DATASETS_PATH)")
+    episode = {"expert": lambda env, s: run_episode(env, s, max_steps=max_steps),
+               "explore": lambda env, s: explore_episode(env, s, max_steps),
+               "random": lambda env, s: random_episode(env, s, max_steps)}[policy]
     t0 = time.time()
     env = make_env(max_episode_steps=max_steps)
     records = []
     bar = tqdm(range(episodes), desc=f"generate {dataset_id}", disable=not progress)
     for i in bar:
         ep_seed = seed * 100_003 + i
-        rec = random_episode(env, ep_seed, max_steps) if random_actions else run_episode(env, ep_seed, max_steps=max_steps)
+        rec = episode(env, ep_seed)
         records.append(rec)
         bar.write(f"episode {i:3d} (seed {ep_seed}): {len(rec.actions)} steps, completed {rec.completed}") if progress else None
-    how = "random actions" if random_actions else "the scripted expert (kitchen_lib.data.expert)"
     _write_dataset(
-        dataset_id, records, env, overwrite=overwrite,
-        description=f"{episodes} FrankaKitchen-v1 episodes by {how}, seed {seed}.",
+        dataset_id, records, env, overwrite=overwrite, policy=policy,
+        description=f"{episodes} FrankaKitchen-v1 episodes by {_ALGORITHMS[policy][2]}, seed {seed}.",
     )
     env.close()
     return GenerateReport(
@@ -175,10 +224,29 @@ def generate_dataset(
     )
 
 
+def _checked_policy(dataset_id: str, policy: str | None) -> str:
+    """The policy to run for `dataset_id`: a known one, and the one our named datasets hold."""
+    own = policy_for(dataset_id, policy or "expert")
+    if policy is None:
+        return own
+    if policy not in POLICIES:
+        raise DatasetError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    if policy != own:
+        raise DatasetError(f"{dataset_id} holds the {own} policy's episodes, not {policy}: give {policy}'s episodes "
+                           f"an id of their own (--dataset kitchen-diffusion/my-{policy}-v0)"
+                           + (f", or use {EXPLORE_DATASET_ID}" if policy == "explore" else ""))
+    return policy
+
+
 def ensure_dataset(dataset_id: str, size: GenerateConfig = GenerateConfig(), progress: bool = True) -> str:
-    """Generate one of our datasets if it is not in the store yet (for notebooks and the CLI)."""
-    if not is_local(dataset_id):
-        if dataset_id in D4RL_DATASET_IDS:
-            open_dataset(dataset_id)  # raises the how-to-download error
-        generate_dataset(dataset_id, episodes=size.episodes, seed=size.seed, max_steps=size.max_steps, progress=progress)
+    """Generate each of our datasets a setting names (one id, or several joined by "+") that is not
+    in the store yet, each with its own policy (policy_for; others with size.policy), for
+    notebooks and the CLI. A missing D4RL part raises the how-to-download error."""
+    for part in dataset_parts(dataset_id):
+        if is_local(part):
+            continue
+        if part in D4RL_DATASET_IDS:
+            open_dataset(part)  # raises the how-to-download error
+        generate_dataset(part, episodes=size.episodes, seed=size.seed, max_steps=size.max_steps, progress=progress,
+                         policy=policy_for(part, size.policy))
     return dataset_id

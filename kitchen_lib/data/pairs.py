@@ -2,7 +2,8 @@
 cache that holds them: kitchen_lib.data.cache).
 
 A pair is (frame t, frame t+k) of one episode with t + k <= T: it never crosses an
-episode's end.
+episode's end. Several datasets joined by "+" make one cache; each is split on its own, so each
+has held-out episodes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kitchen_lib.base.errors import UserError
-from kitchen_lib.data.datasets import OFFLINE_DATASET_ID, check_dataset_id
+from kitchen_lib.data.datasets import OFFLINE_DATASET_ID, dataset_parts
 from kitchen_lib.data.render import DEFAULT_QUALITY, check_render_args
 
 SPLITS = ("train", "val", "test")
@@ -22,7 +23,7 @@ SPLITS = ("train", "val", "test")
 class PairsConfig:
     """Everything that decides the contents of a pairs cache."""
 
-    dataset: str = OFFLINE_DATASET_ID
+    dataset: str = OFFLINE_DATASET_ID  # or several ids joined by "+": one cache, each dataset split on its own
     k: int = 5  # frames between current and future
     size: int = 64  # square frame size in pixels
     grayscale: bool = False
@@ -30,14 +31,14 @@ class PairsConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
-    max_episodes: int | None = None  # only the first N episodes (smoke mode, quick looks)
+    max_episodes: int | None = None  # only the first N episodes of each dataset (smoke mode, quick looks)
 
     @property
     def channels(self) -> int:
         return 1 if self.grayscale else 3
 
     def validate(self) -> None:
-        check_dataset_id(self.dataset)
+        dataset_parts(self.dataset)  # each id well-formed, none twice
         check_render_args(self.size, self.quality)
         if self.max_episodes is not None and (not isinstance(self.max_episodes, int) or self.max_episodes < 1):
             raise UserError(f"--max_episodes must be at least 1, or none for all (got {self.max_episodes!r})")

@@ -15,7 +15,14 @@ import traceback
 
 from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.paths import check_destination
-from kitchen_lib.data.datasets import D4RL_DATASET_IDS, OFFLINE_DATASET_ID, DatasetError, open_dataset
+from kitchen_lib.data.datasets import (
+    D4RL_DATASET_IDS,
+    EXPLORE_DATASET_ID,
+    OFFLINE_DATASET_ID,
+    DatasetError,
+    open_dataset,
+    open_datasets,
+)
 from kitchen_lib.data.generate import generate_dataset
 from kitchen_lib.data.render import DEFAULT_QUALITY, QUALITIES
 from kitchen_lib.frontend import flags
@@ -29,13 +36,29 @@ def cmd_quickstart(a: argparse.Namespace) -> None:
 
 
 def cmd_generate(a: argparse.Namespace) -> None:
+    from kitchen_lib.data.datasets import dataset_parts, is_local
+    from kitchen_lib.data.generate import default_dataset, policy_for
+
     cfg = flags.config_from_args(a)
     g = cfg.generate
-    report = generate_dataset(cfg.data.dataset, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps,
-                              overwrite=a.overwrite, random_actions=a.random_actions)
-    print(f"wrote {report.dataset_id}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
-    if not a.random_actions:
-        print("tasks completed (share of episodes): " + ", ".join(f"{t} {r:.0%}" for t, r in report.success_rates().items()))
+    typed = flags.given(a, "generate").get("policy")
+    if a.random_actions:  # the older name of --policy random
+        if typed not in (None, "random"):
+            raise UserError(f"--random_actions means --policy random, not {typed}: give one of them")
+        typed = "random"
+    # No --dataset: the preset's, or where the policy asked for writes (exploration: its own dataset).
+    dataset = cfg.data.dataset if "data.dataset" in vars(a) or typed is None else default_dataset(typed, cfg.data.dataset)
+    parts = dataset_parts(dataset)
+    for part in parts:
+        if len(parts) > 1 and is_local(part) and not a.overwrite:
+            print(f"{part}: already in the Minari store")
+            continue
+        policy = typed or policy_for(part, g.policy)
+        report = generate_dataset(part, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps,
+                                  overwrite=a.overwrite, policy=policy)
+        print(f"wrote {report.dataset_id}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
+        if policy == "expert":
+            print("tasks completed (share of episodes): " + ", ".join(f"{t} {r:.0%}" for t, r in report.success_rates().items()))
 
 
 def cmd_render(a: argparse.Namespace) -> None:
@@ -59,7 +82,7 @@ def _config_with_dataset(a: argparse.Namespace, train: bool = False):
     cfg = flags.config_from_args(a, data_only=not train)
     for folder, flag in flags.destinations(cfg, a.dataset_dir is not None, train):
         check_destination(folder, flag)
-    open_dataset(cfg.data.dataset, download=a.download)
+    open_datasets(cfg.data.dataset, download=a.download)
     return cfg
 
 
@@ -106,7 +129,7 @@ def _load(a: argparse.Namespace, predictor=None):
     predictor = predictor or load_predictor(a.checkpoint, device=a.device or "auto")
     sampler = flags.sampler_from_args(a, predictor.sampler)
     if a.dataset:
-        open_dataset(a.dataset)
+        open_datasets(a.dataset)
     return predictor, sampler, pairs_for(predictor, a.dataset)
 
 
@@ -129,7 +152,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     flags.sampler_from_args(a)  # argument errors before any loading
     predictor, regression = load_with_regression(a.checkpoint, a.regression, device=a.device or "auto")
     predictor, sampler, cache = _load(a, predictor)
-    result = evaluate(predictor, cache, a.split, sampler, regression, a.max_pairs, a.seed, mean_of=a.mean_of)
+    result = evaluate(predictor, cache, a.split, sampler, regression, a.max_pairs, a.seed, mean_of=a.mean_of, part=a.part)
     print(format_table(result))
     if regression is None:
         print("(no regression baseline: train one with --objective regression, or pass --regression PATH)")
@@ -182,13 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="the smoke presets: a tiny version of everything in seconds")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("generate", help="run the scripted expert and write a local Minari dataset")
+    p = sub.add_parser("generate", help="run the scripted expert (or exploration) and write a local Minari dataset")
     _preset_arg(p)
     p.add_argument("--dataset", dest="data.dataset", default=argparse.SUPPRESS,
-                   help=f"the dataset id (default: the preset's, {OFFLINE_DATASET_ID} for cpu)")
+                   help=f"the dataset id, or several joined by '+' (each missing one is made with its own policy); "
+                        f"default: the preset's ({OFFLINE_DATASET_ID} for cpu), with --policy explore "
+                        f"{EXPLORE_DATASET_ID}")
     flags.add_config_flags(p, ["generate"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id")
-    p.add_argument("--random_actions", action="store_true", help="random actions instead of the expert (scale tests)")
+    p.add_argument("--random_actions", action="store_true", help="the same as --policy random (scale tests)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("render", help="render one frame of a dataset to a PNG")
@@ -238,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
     p.add_argument("--max_pairs", type=flags.at_least(1), default=None, help="evaluate an evenly spread subset (DDPM-1000 is slow)")
     p.add_argument("--mean_of", type=flags.at_least(0), default=4, help="samples averaged for the diffusion_mean method (0 or 1: skip it)")
+    p.add_argument("--part", default=None, metavar="ID",
+                   help="only the pairs of this one of the joined datasets the pairs come from (e.g. the exploration's)")
     p.add_argument("--json", default=None, metavar="PATH", type=flags.output(".json"), help="also write the results as JSON")
     p.set_defaults(func=cmd_evaluate)
 

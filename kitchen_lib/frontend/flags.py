@@ -20,7 +20,7 @@ from kitchen_lib.base.device import check_device
 from kitchen_lib.base.errors import DestinationError, UserError
 from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.examples import ConditioningConfig
-from kitchen_lib.data.generate import GenerateConfig
+from kitchen_lib.data.generate import POLICIES, GenerateConfig
 from kitchen_lib.data.pairs import PairsConfig
 from kitchen_lib.data.render import QUALITIES
 from kitchen_lib.model.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES, DiffusionConfig
@@ -35,7 +35,8 @@ GROUPS: dict[str, type] = {"data": PairsConfig, "model": UNetConfig, "diffusion"
 FLAG_NAMES = {("sampler", "name"): "sampler", ("sampler", "steps"): "sampling_steps"}
 CHOICES = {("data", "quality"): QUALITIES, ("diffusion", "schedule"): SCHEDULES, ("diffusion", "prediction"): PREDICTIONS,
            ("diffusion", "loss_weighting"): LOSS_WEIGHTINGS, ("train", "objective"): OBJECTIVES,
-           ("sampler", "name"): SAMPLERS}  # the live registry, read when a parser is built
+           ("sampler", "name"): SAMPLERS,  # the live registry, read when a parser is built
+           ("generate", "policy"): POLICIES}
 # Fields that are no flag: set from the environment (torchrun's WORLD_SIZE), never typed.
 NOT_FLAGS = {("train", "world_size")}
 # The original project's names (and our own earlier ones) for the same fields.

@@ -18,8 +18,8 @@ from kitchen_lib.base.images import label_columns, save_png
 from kitchen_lib.base.paths import atomic_path
 from kitchen_lib.data.cache import PairsCache
 from kitchen_lib.data.cache_builder import build_pairs
-from kitchen_lib.data.datasets import is_local
-from kitchen_lib.data.generate import generate_dataset
+from kitchen_lib.data.datasets import dataset_parts, is_local
+from kitchen_lib.data.generate import generate_dataset, policy_for
 from kitchen_lib.inference.baselines import copy_baseline
 from kitchen_lib.inference.evaluate import evaluate
 from kitchen_lib.inference.predictor import Predictor, load_predictor, prediction_grid
@@ -57,12 +57,15 @@ def quickstart(smoke: bool = False, log: Callable[[str], None] = print) -> dict:
     if any(c.data != first.data for c in cfgs):
         raise RuntimeError("quickstart's presets must share one pairs cache")  # a bug in PRESETS, not the user's
     log(f"== 1/5 dataset {first.data.dataset}")
-    if is_local(first.data.dataset):
-        log("already in the Minari store")
-    else:
+    parts = dataset_parts(first.data.dataset)
+    for part in parts:  # several joined by "+": each made with its own policy if missing
+        if is_local(part):
+            log(f"{part + ': ' if len(parts) > 1 else ''}already in the Minari store")
+            continue
         g = first.generate
-        report = generate_dataset(first.data.dataset, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps)
-        log(f"wrote {first.data.dataset}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
+        report = generate_dataset(part, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps,
+                                  policy=policy_for(part, g.policy))
+        log(f"wrote {part}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
     t0 = done("dataset", started)
     log(f"== 2/5 frame pairs (k={first.data.k}, {first.data.size}px)")
     cache = build_pairs(first.data, root=first.root() / "pairs", progress=True)

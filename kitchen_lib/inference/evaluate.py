@@ -96,8 +96,9 @@ def _batch_predictions(predictor: Predictor, regression: Predictor | None, cache
 def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: SamplerConfig | None = None,
              regression: Predictor | None = None, max_pairs: int | None = None, seed: int = 0, batch: int = 64,
              progress: bool = True, details: bool = False, mean_of: int = 4, x0: bool = True,
-             shuffled: bool = True) -> dict:
-    """Score the model and the baselines on the pairs of a split; returns the documented dict.
+             shuffled: bool = True, part: str | None = None) -> dict:
+    """Score the model and the baselines on the pairs of a split (of one of the cache's joined
+    datasets if `part` names one: result["dataset"] is then that one); returns the documented dict.
 
     `sampler` defaults to the one the model's run chose. mean_of < 2 leaves out diffusion_mean
     (it costs `mean_of` - 1 more samples: the first is the single sample), x0=False diffusion_x0
@@ -119,7 +120,7 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
             raise UserError(f"{who} was trained on (size, channels, k) = {want} but these pairs are {have}: "
                             f"build pairs with its settings")
     sampler = sampler or predictor.sampler
-    rows = cache.select(split, max_pairs)
+    rows = cache.select(split, max_pairs, dataset=part)
     swapped = None
     if shuffled and predictor.conditioning.actions:
         # The permutation spans the whole split (pairs swap actions across batches): built once from
@@ -152,7 +153,7 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
         per_task[task] = {"pairs": int(len(sel)),
                           "methods": {m: summarise_table(s[sel]) if len(sel) else {} for m, s in table.items()}}
     result = {
-        "dataset": cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
+        "dataset": part or cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
         "sampler": sampler.name, "sampling_steps": predictor.model.network_calls(sampler), "mean_of": mean_of,
         "methods": methods, "per_task": per_task,
     }
