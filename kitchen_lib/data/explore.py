@@ -38,7 +38,13 @@ Never through the counter: targets stay above it, and between places more than 2
 there and then goes down, as expert.transit does between tasks.
 
 Reach: a target the arm cannot reach is given up after its step limit (50 steps for a far or
-near target). On 5 seeded episodes of 900 steps (tests/test_explore.py measures it), MEASURED.
+near target). On 5 seeded episodes of 900 steps (`python bench/explore.py`,
+bench/results/explore.json) the hand reached 69% of the far targets, 90% of the near ones and
+73% of the travel points; 11 of 17 touches reached their stand-off, and the episodes moved the
+light switch (2 of 5), the slide cabinet (1), the microwave door (2), the kettle (3) and two
+knobs (1 each); the hinge doors' handles (z = 2.6) were never reached. The hand's positions
+spanned 0.84 x 0.40 x 0.74 m (5th to 95th percentile per axis), the expert's 0.86 x 0.63 x 0.79 m
+over the same seeds; the gripper opened 25 and closed 29 times (the expert's 15 and 15).
 """
 
 from __future__ import annotations
