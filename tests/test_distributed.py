@@ -112,8 +112,9 @@ def test_a_ranks_rows_of_a_global_draw_and_the_world_from_torchruns_environment(
     assert distributed.launch_command(1, argv).startswith("python -m kitchen_lib train --preset smoke")
 
 
-def _world_model_batch(n: int) -> tuple[object, dict[str, torch.Tensor]]:
-    cfg = with_overrides(preset("smoke-world"), conditioning={"context_noise": 0.1}, diffusion={"timestep_power": 0.5})
+def _world_model_batch(n: int, action_dropout: float = 0.0) -> tuple[object, dict[str, torch.Tensor]]:
+    cfg = with_overrides(preset("smoke-world"), conditioning={"context_noise": 0.1, "action_dropout": action_dropout},
+                         diffusion={"timestep_power": 0.5})
     model = build_model(cfg)
     g = torch.Generator().manual_seed(3)
     c, s = cfg.data.channels, cfg.data.size
@@ -148,6 +149,27 @@ def test_the_default_part_is_the_loss_as_it_was_and_ranks_parts_make_the_global_
         assert torch.allclose(torch.stack(parts).mean(), got, rtol=1e-5)
         assert all(torch.equal(s, g.get_state()) for s in states)
         assert not torch.allclose(parts[0], parts[1])  # the parts are different samples and noise
+
+
+def test_action_dropout_is_drawn_for_the_global_batch_so_ranks_parts_make_its_loss():
+    from kitchen_lib.base.example import NULL_ACTIONS
+
+    model, batch = _world_model_batch(12, action_dropout=0.5)
+    masks = []
+    model.net.register_forward_pre_hook(lambda module, args: masks.append(args[2][NULL_ACTIONS].clone()))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(7)
+        got = model.loss(batch, g)
+        parts, states = [], []
+        for r in range(3):
+            gr = torch.Generator().manual_seed(7)
+            parts.append(model.loss({k: v[4 * r:4 * r + 4] for k, v in batch.items()}, gr, part=(r, 3)))
+            states.append(gr.get_state())
+    assert torch.allclose(torch.stack(parts).mean(), got, rtol=1e-5)
+    assert all(torch.equal(s, g.get_state()) for s in states)
+    whole = masks[0]
+    assert whole.any() and not whole.all()  # some pairs dropped, some kept
+    assert torch.equal(torch.cat(masks[1:]), whole)  # each rank dropped its rows of the one global draw
 
 
 # --- real torchrun runs (gloo) -------------------------------------------------------------

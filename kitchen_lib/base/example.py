@@ -10,6 +10,10 @@ An example is a dict. As the pairs cache gives it (uint8 frames, `kitchen_lib.da
 and as the network takes it (`to_tensors`): frames float (B, C, H, W) in [-1, 1], the context
 stacked on the channel axis, (B, N*C, H, W). The network is called `net(x_t, t, inputs)` with the
 inputs only (`inputs_of`): it never sees the target.
+
+The model itself may add one more input, never part of an example: NULL_ACTIONS, (B,) bool, the
+rows whose actions the network replaces by its learned "no action" (action dropout in training,
+the unconditioned half of guidance: kitchen_lib.model.guidance).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from kitchen_lib.base.images import to_tensor
 
 INPUTS = ("current", "context", "vector")  # what the network is given
 TARGET = "future"  # what it learns to predict
+NULL_ACTIONS = "null_actions"  # set by the model, not the data: rows to see without their actions
 
 
 def to_tensors(example: dict[str, np.ndarray], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:

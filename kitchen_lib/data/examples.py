@@ -13,6 +13,10 @@ model has to guess among several futures. The dataset stores what settles that:
     context_noise      std of the Gaussian noise added to the context frames in training (as in
                        GameNGen), so a rollout, whose context is the model's own output, stays in
                        the distribution the model was trained on.
+    action_dropout     the fraction of training pairs whose actions the network sees replaced by
+                       a learned "no action" (the rest of the vector and the frames kept): the
+                       model then also learns the future without the actions, which classifier-free
+                       guidance on the actions samples against (kitchen_lib.model.guidance).
 
 `gather` is the one function that builds examples, from any `FrameSource`: the pairs cache
 (training, evaluation, the demo) or one `Episode` whose frames a rollout overwrites with its own
@@ -44,12 +48,18 @@ class ConditioningConfig:
     actions: bool = False  # the k actions from t to t+k-1, through scale-and-shift of every res block
     proprio: bool = False  # the robot's joint positions at t, likewise
     context_noise: float = 0.0  # std of noise on the context frames during training (in [-1, 1] units)
+    action_dropout: float = 0.0  # fraction of training pairs whose actions become a learned "no action" (for --guidance)
 
     def validate(self) -> None:
         if self.context_frames < 0:
             raise UserError(f"--context_frames must be 0 or more (got {self.context_frames})")
         if self.context_noise < 0:
             raise UserError(f"--context_noise must be 0 or more (got {self.context_noise})")
+        if not 0 <= self.action_dropout < 1:
+            raise UserError(f"--action_dropout must be in [0, 1) (got {self.action_dropout}); 0.1 to 0.2 is usual")
+        if self.action_dropout > 0 and not self.actions:
+            raise UserError("--action_dropout drops the actions, which this model is not given: add --actions "
+                            "(or train --preset cpu-world)")
 
     def vector(self, k: int) -> VectorLayout:
         """The layout of this config's conditioning vector for predictions k steps ahead."""

@@ -128,6 +128,7 @@ def _load(a: argparse.Namespace, predictor=None):
     flags.sampler_from_args(a)  # argument errors before any loading
     predictor = predictor or load_predictor(a.checkpoint, device=a.device or "auto")
     sampler = flags.sampler_from_args(a, predictor.sampler)
+    predictor.model.check_sampler(sampler)  # e.g. guidance on a model trained without action dropout: before any work
     if a.dataset:
         open_datasets(a.dataset)
     return predictor, sampler, pairs_for(predictor, a.dataset)

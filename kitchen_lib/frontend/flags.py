@@ -165,8 +165,10 @@ def sampler_from_args(args: argparse.Namespace, default: SamplerConfig | None = 
     SamplerConfig(): the result then only says the flags are valid, it is no run's sampler."""
     fields = given(args, "sampler")
     if default is None or ("name" in fields and fields["name"] != default.name):
-        # The checkpoint's settings (its DDIM steps) are not the named sampler's.
-        default = SamplerConfig(fields["name"]) if "name" in fields else SamplerConfig()
+        # The checkpoint's settings (its DDIM steps) are not the named sampler's; its guidance,
+        # which applies to any sampler, is kept.
+        keep = {} if default is None else {"guidance": default.guidance}
+        default = SamplerConfig(fields["name"], **keep) if "name" in fields else SamplerConfig()
     sampler = dataclasses.replace(default, **fields)
     sampler.validate()
     return sampler

@@ -17,6 +17,7 @@ The JSON layout (stable, for other tools):
 
     {"dataset": str, "split": str, "pairs": int, "k": int, "size": int,
      "sampler": str, "sampling_steps": int,           # the diffusion model's sampler, network calls per frame
+     "guidance": float,                               # its guidance on the actions (1: none; else 2 calls a step)
      "mean_of": int,                                  # samples averaged for diffusion_mean
      "methods": {"diffusion":  {"psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving", "seconds_per_frame"},
                  "copy":       {... same keys ...}, ...},    # the methods above that apply
@@ -154,7 +155,8 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
                           "methods": {m: summarise_table(s[sel]) if len(sel) else {} for m, s in table.items()}}
     result = {
         "dataset": part or cache.meta["config"]["dataset"], "split": split, "pairs": int(len(rows)), "k": have[2], "size": have[0],
-        "sampler": sampler.name, "sampling_steps": predictor.model.network_calls(sampler), "mean_of": mean_of,
+        "sampler": sampler.name, "sampling_steps": predictor.model.network_calls(sampler), "guidance": sampler.guidance,
+        "mean_of": mean_of,
         "methods": methods, "per_task": per_task,
     }
     if details:
@@ -169,8 +171,11 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
 def format_table(result: dict) -> str:
     """The methods as a plain-text table."""
     head = f"{'method':27s} {'PSNR':>7s} {'SSIM':>6s} {'PSNR mov':>9s} {'SSIM mov':>9s} {'sharp mov':>9s} {'s/frame':>8s}"
+    w = result.get("guidance", 1.0)
+    how = f"{result['sampler']}-{result['sampling_steps']}" if w == 1 else \
+        f"{result['sampler']} with guidance {w:g} ({result['sampling_steps']} network passes)"
     lines = [f"{result['dataset']} / {result['split']}: {result['pairs']} pairs, k={result['k']}, {result['size']}px, "
-             f"diffusion sampled with {result['sampler']}-{result['sampling_steps']}", head, "-" * len(head)]
+             f"diffusion sampled with {how}", head, "-" * len(head)]
     for m, r in result["methods"].items():
         lines.append(f"{m:27s} {r['psnr']:7.2f} {r['ssim']:6.3f} {r['psnr_moving']:9.2f} {r['ssim_moving']:9.3f} "
                      f"{r['sharpness_moving']:9.3f} {r['seconds_per_frame']:8.3f}")

@@ -12,6 +12,9 @@ reads the process only through `Diffusion` (schedule, posterior, the clipped x0/
 SAMPLERS is the one list of samplers: `SamplerConfig` (below) picks from
 it by name, and the CLI's --sampler choices, the demo's buttons and a test of the README read it.
 Adding a sampler is a subclass of `Sampler` and `@register_sampler` above it.
+
+Guidance on the actions (`SamplerConfig.guidance`) is no sampler's business: the model hands
+every sampler a guided network instead of the plain one (kitchen_lib.model.guidance).
 """
 
 from __future__ import annotations
@@ -150,16 +153,26 @@ class DDPM(Sampler):
 class SamplerConfig:
     """How to sample: a registered sampler's name and its settings (kitchen_lib.model.samplers).
 
-    DDPM always walks all T training timesteps; DDIM takes `steps` of them (DEFAULT_DDIM_STEPS unless told)."""
+    DDPM always walks all T training timesteps; DDIM takes `steps` of them (DEFAULT_DDIM_STEPS unless told).
+    guidance w != 1 runs the network with and without the actions at every step (FrameModel.predict
+    applies it; the model must have been trained with action dropout)."""
 
     name: str = "ddim"  # a registered sampler: ddim, ddpm, ...
     steps: int | None = None  # sampling steps; None: DEFAULT_DDIM_STEPS for DDIM, all T for DDPM
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 as noisy as DDPM
+    guidance: float = 1.0  # classifier-free guidance on the actions: 1 none, >1 follow them harder (needs --action_dropout)
 
     def validate(self) -> None:
         if not 0 <= self.eta <= 1:  # for every sampler: a checkpoint's config may be handed to another
             raise UserError(f"--eta must be in [0, 1] (got {self.eta})")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise UserError(f"--guidance must be a number of at least 0 (1: no guidance; got {self.guidance})")
         self.build()
+
+    @property
+    def guided(self) -> bool:
+        """Whether each network call is made twice, with and without the actions."""
+        return self.guidance != 1
 
     def build(self) -> Sampler:
         """The sampler object these settings describe (its class checks them)."""
@@ -168,9 +181,11 @@ class SamplerConfig:
         return SAMPLERS[self.name].from_config(self.steps, self.eta)
 
     def calls(self, timesteps: int) -> int:
-        """Network calls per sampled frame for a process with `timesteps` training timesteps."""
-        return self.build().calls(timesteps)
+        """Network calls per sampled frame for a process with `timesteps` training timesteps (with
+        guidance, each step's call is made for two rows a frame: twice the passes)."""
+        return self.build().calls(timesteps) * (2 if self.guided else 1)
 
     def label(self, timesteps: int) -> str:
-        """E.g. "DDIM-10" or "DDPM-1000"."""
-        return f"{self.name.upper()}-{self.calls(timesteps)}"
+        """E.g. "DDIM-10", "DDPM-1000" or "DDIM-2, guidance 2 (4 passes)"."""
+        plain = f"{self.name.upper()}-{self.build().calls(timesteps)}"
+        return f"{plain}, guidance {self.guidance:g} ({self.calls(timesteps)} passes)" if self.guided else plain

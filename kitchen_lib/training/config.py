@@ -127,6 +127,9 @@ class RunConfig:
         self.diffusion.validate()
         self.train.validate()
         self.sampler.validate()
+        if self.sampler.guided and self.conditioning.action_dropout == 0:  # else its first sample grid fails
+            raise UserError(f"--guidance {self.sampler.guidance:g} needs a model trained with action dropout: add "
+                            f"--action_dropout (e.g. 0.1), or leave --guidance at 1")
 
     def root(self) -> Path:
         return Path(self.data_dir) if self.data_dir else data_dir()
@@ -275,5 +278,6 @@ def build_model(cfg: RunConfig) -> FrameModel:
     """The untrained model a config describes, sized for its data."""
     cfg.validate()
     c = cfg.conditioning
+    layout = c.vector(cfg.data.k)
     return FrameModel.build(cfg.model, cfg.data.size, cfg.data.channels, cfg.diffusion, cfg.train.objective,
-                            c.context_frames, c.vector(cfg.data.k).dim, c.context_noise)
+                            c.context_frames, layout.dim, c.context_noise, c.action_dropout, layout.parts().get("actions"))

@@ -15,8 +15,8 @@ import torch
 from kitchen_lib.model.frame_model import FrameModel
 from kitchen_lib.training.config import RunConfig, build_model
 
-MODEL_FIELDS = ("objective", "context_noise")
-NET_FIELDS = ("image_size", "image_channels", "context_frames", "vector_dim")
+MODEL_FIELDS = ("objective", "context_noise", "action_dropout")
+NET_FIELDS = ("image_size", "image_channels", "context_frames", "vector_dim", "action_slice")
 
 
 def model_differences(model: FrameModel, cfg: RunConfig) -> list[str]:
