@@ -267,7 +267,8 @@ class DriveDemo(widgets.VBox):
                 for name in row:
                     cells.append(self._command_button(name, COMMANDS[name].label) if name else
                                  widgets.Box(layout=widgets.Layout(width="48px")))
-            grid = widgets.GridBox(cells, layout=widgets.Layout(grid_template_columns=f"repeat({len(rows[0])}, 48px)",
+            width = max(48, *(14 * len(n) for row in rows for n in row if n))  # "close" is wider than "x+"
+            grid = widgets.GridBox(cells, layout=widgets.Layout(grid_template_columns=f"repeat({len(rows[0])}, {width}px)",
                                                                 grid_gap="2px"))
             blocks.append(widgets.VBox([widgets.Label(title), grid], layout=widgets.Layout(margin="0 16px 0 0")))
         self.resync_button = widgets.Button(description="re-sync", tooltip="hand the dream the real frames")
@@ -298,7 +299,7 @@ class DriveDemo(widgets.VBox):
         self._show()
 
     def _command_button(self, name: str, tooltip: str) -> widgets.Button:
-        b = widgets.Button(description=name, tooltip=tooltip, layout=widgets.Layout(width="48px"))
+        b = widgets.Button(description=name, tooltip=tooltip, layout=widgets.Layout(width=f"{max(48, 14 * len(name))}px"))
         b.on_click(lambda _, name=name: self.press(name))
         b.add_class("kitchen-command")
         b.add_class(f"kitchen-cmd-{command_slug(name)}")

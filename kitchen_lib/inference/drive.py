@@ -299,7 +299,7 @@ class Drive:
 
     def _env_step(self, action: np.ndarray) -> None:
         obs, *_ = self.env.step(action)
-        self.observation = np.asarray(obs["observation"], dtype=np.float64)
+        self.observation = np.array(obs["observation"], dtype=np.float64)  # a copy: the env may reuse its arrays
 
     def _render(self) -> np.ndarray:
         frame = self.renderer.render(self.observation)
