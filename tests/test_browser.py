@@ -2,8 +2,8 @@
 
 Headless tests drive the widgets from the kernel; only a browser shows what a person sees:
 widgets that fail to render, a widget printed as text, an image stretched to the page's width.
-This starts JupyterLab on 127.0.0.1 (a random port and token) on copies of notebooks 01 and 06
-in smoke mode, runs them, and uses the controls as a person would.
+This starts JupyterLab on 127.0.0.1 (a random port and token) on copies of notebooks 01, 06 and
+09 in smoke mode, runs them, and uses the controls as a person would.
 
 Screenshots go to a temporary folder; `--browser-screenshots DIR` also keeps them in DIR.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -50,13 +51,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A JupyterLab server on copies of notebooks 01 and 06: (base url, token, log path). Stopped after."""
+    """A JupyterLab server on copies of notebooks 01, 06 and 09: (base url, token, log path). Stopped after."""
     reason = _missing()
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("lab")
     (root / "notebooks").mkdir()
-    for name in ("01_explore_dataset.ipynb", "06_inference_demo.ipynb"):
+    for name in ("01_explore_dataset.ipynb", "06_inference_demo.ipynb", "09_drive_the_dream.ipynb"):
         shutil.copy(NOTEBOOKS / name, root / "notebooks" / name)  # the browser may save them: never the originals
     port, token = _free_port(), secrets.token_hex(16)
     jupyter = {f"JUPYTER_{d}_DIR": str(root / f".jupyter-{d.lower()}") for d in ("CONFIG", "RUNTIME")}
@@ -154,7 +155,7 @@ def _check_widgets_rendered(page, name: str) -> None:
     text = page.locator(".jp-Notebook").inner_text()
     assert "Error displaying widget" not in text, f"{name}: a widget failed to render"
     as_text = [t for t in page.locator(".jp-OutputArea-output").all_inner_texts()
-               if t.lstrip().startswith(("FramePlayer(", "PredictionDemo(", "VBox(", "HBox(", "Image(value="))]
+               if t.lstrip().startswith(("FramePlayer(", "PredictionDemo(", "DriveDemo(", "VBox(", "HBox(", "Image(value="))]
     assert not as_text, f"{name}: a widget was printed as text, not rendered: {as_text[0][:200]}"
 
 
@@ -241,4 +242,30 @@ def test_prediction_demo_in_jupyterlab(lab, browser, shots):
     _check_not_stretched(rollout)
     shots(demo, "06-demo-rollout")
     print(f"notebook 06 ran in the browser in {seconds:.0f} s")
+    page.close()
+
+
+def test_drive_demo_in_jupyterlab(lab, browser, shots):
+    page, demo, seconds = _open_widget(browser, lab, "09_drive_the_dream.ipynb", ".kitchen-drive-demo")
+    sizes = _check_not_stretched(demo.locator("img.widget-image:not(.kitchen-sparkline)"))
+    assert len(sizes) == 3, sizes  # real | dream | difference
+    real, dream = demo.locator("img.kitchen-real"), demo.locator("img.kitchen-dream")
+    strip, info = demo.locator(".kitchen-divergence"), demo.locator(".kitchen-info")
+    shots(demo, "09-drive-start")
+    src = lambda img: lambda: img.get_attribute("src")  # noqa: E731  (a new frame is a new blob URL)
+    for command in ("x-plus", "z-minus", "close"):
+        before_real, before_dream, before_strip = real.get_attribute("src"), dream.get_attribute("src"), strip.inner_text()
+        demo.locator(f".kitchen-cmd-{command}").click()
+        _wait_changed(src(real), before_real, f"the real frame after pressing {command}")
+        _wait_changed(src(dream), before_dream, f"the dream frame after pressing {command}")
+        _wait_changed(strip.inner_text, before_strip, f"the divergence strip after pressing {command}")
+    numbers = re.findall(r"\d+\.\d", strip.inner_text())
+    assert len(numbers) == 3, strip.inner_text()  # one PSNR per press
+    assert "ms a frame" in info.inner_text()
+    shots(demo, "09-drive-pressed")
+    before = strip.inner_text()
+    demo.locator(".kitchen-reset").click()
+    _wait_changed(strip.inner_text, before, "the divergence strip after reset")
+    assert not re.findall(r"\d+\.\d", strip.inner_text())
+    print(f"notebook 09 ran in the browser in {seconds:.0f} s")
     page.close()

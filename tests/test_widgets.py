@@ -1,7 +1,7 @@
 import numpy as np
 
 from kitchen_lib.base.images import png_bytes
-from kitchen_lib.frontend.widgets import FramePlayer
+from kitchen_lib.frontend.widgets import FramePlayer, command_slug, psnr_sparkline
 
 
 def _frames(n=6, size=8):
@@ -31,3 +31,19 @@ def test_grayscale_frames_are_shown():
     player = FramePlayer(gray, scale=1)
     player.slider.value = 2
     assert player.image.value == png_bytes(gray[2])
+
+
+def test_the_psnr_strip_draws_bars_from_low_to_high_and_marks_resyncs():
+    strip = psnr_sparkline([10.0, 40.0], slots=4, bar=3, height=24, marks=[1])
+    assert strip.shape == (24, 12, 3) and strip.dtype == np.uint8
+    assert (strip[:, :6, :][:23] == 255).all()  # two empty slots on the left: only two values so far
+    assert (strip[:23, 6:8] == 255).all()  # 10 dB: an empty bar
+    assert (strip[2:23, 9:11] != 255).all()  # 40 dB: a full one
+    assert (strip[0:2, 9:11] == (30, 90, 220)).all()  # the re-sync tick over the second
+    assert (strip[0:2, 6:8] == 255).all()  # and none over the first
+    longer = psnr_sparkline(list(range(10, 40)), slots=4)  # only the last 4 are drawn
+    assert np.array_equal(longer, psnr_sparkline([36, 37, 38, 39], slots=4))
+
+
+def test_command_names_become_css_classes():
+    assert [command_slug(n) for n in ("x+", "rz-", "open")] == ["x-plus", "rz-minus", "open"]
