@@ -5,7 +5,17 @@ from skimage.metrics import peak_signal_noise_ratio
 from kitchen_lib.data.cache_builder import build_pairs
 from kitchen_lib.data.pairs import PairsConfig
 from kitchen_lib.inference.evaluate import evaluate
-from kitchen_lib.inference.metrics import PSNR_CAP, frame_scores, mean_psnr, moving_mask, psnr, ssim_map, summarise
+from kitchen_lib.inference.metrics import (
+    PSNR_CAP,
+    SCORE_KEYS,
+    BatchScorer,
+    frame_scores,
+    mean_psnr,
+    moving_mask,
+    psnr,
+    ssim_map,
+    summarise,
+)
 from kitchen_lib.inference.predictor import load_predictor, pairs_for
 from kitchen_lib.inference.rollout import rollout, save_animation
 from kitchen_lib.model.samplers import SamplerConfig
@@ -42,6 +52,36 @@ def test_metrics_on_known_images():
     s = frame_scores(img, moved, moved)  # a perfect prediction of a moving frame
     assert s["psnr"] == PSNR_CAP and s["psnr_moving"] == PSNR_CAP and s["ssim_moving"] == pytest.approx(1.0)
     assert np.isnan(frame_scores(img, img, noisy)["psnr_moving"])  # nothing moves
+
+
+def test_batch_scorer_gives_the_numbers_of_frame_scores_bit_for_bit(small_pairs):
+    """evaluate scores a batch at once: BatchScorer's numbers are frame_scores', exactly, for
+    perfect, copied, noisy and random guesses, on frames with and without moving pixels."""
+    rows = small_pairs.select("all")
+    at = small_pairs.first_frames(rows[:, 0]) + rows[:, 1]
+    cur, fut = np.array(small_pairs.frames[at]), np.array(small_pairs.frames[at + small_pairs.k])
+    cur[0] = fut[0]  # a pair where nothing moves
+    rng = np.random.default_rng(0)
+    guesses = {"perfect": fut, "copy": cur, "noisy": np.clip(fut + rng.normal(0, 8, fut.shape), 0, 255).astype(np.uint8),
+               "random": rng.integers(0, 256, fut.shape, dtype=np.uint8)}
+    scorer = BatchScorer(cur, fut)
+    for name, pred in guesses.items():
+        want = np.array([[frame_scores(c, f, q)[k] for k in SCORE_KEYS] for c, f, q in zip(cur, fut, pred, strict=True)])
+        assert np.array_equal(scorer(pred), want, equal_nan=True), name
+    moving = np.isfinite(want[:, 2])
+    assert moving.sum() > 10 and not moving[0]  # both kinds of pair were scored
+
+
+def test_evaluate_at_ddim1_takes_the_x0_estimate_from_its_sample(models, small_pairs):
+    """One DDIM step from pure noise is the network's x0 estimate: at DDIM-1 evaluate reuses the
+    sample for diffusion_x0, which must be what predict(x0=True) gives with the batch's seed."""
+    p = load_predictor(models[0])
+    r = evaluate(p, small_pairs, "test", SamplerConfig("ddim", 1), max_pairs=40, seed=5, mean_of=0, progress=False,
+                 details=True)
+    assert r["pairs"] == 40
+    x0 = p.predict(p.inputs(small_pairs, r["details"]["rows"]), seed=5, x0=True)
+    assert np.array_equal(r["details"]["pred"]["diffusion_x0"], x0)
+    assert r["methods"]["diffusion_x0"]["psnr"] == r["methods"]["diffusion"]["psnr"]
 
 
 def test_copy_baseline_from_evaluate_equals_direct_computation(models, small_pairs):

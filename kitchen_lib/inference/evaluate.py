@@ -39,8 +39,9 @@ from kitchen_lib.data.cache import PairsCache
 from kitchen_lib.data.examples import shuffled_actions
 from kitchen_lib.data.kitchen import COMPLETE_TASKS, TASK_QPOS_INDICES
 from kitchen_lib.inference.baselines import copy_frame
-from kitchen_lib.inference.metrics import SCORE_KEYS, frame_scores, summarise_table
+from kitchen_lib.inference.metrics import SCORE_KEYS, BatchScorer, summarise_table
 from kitchen_lib.inference.predictor import Predictor, load_predictor
+from kitchen_lib.model.frame_model import X0_SAMPLER
 from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.training.runs import regression_beside
 
@@ -84,7 +85,9 @@ def _batch_predictions(predictor: Predictor, regression: Predictor | None, cache
     if mean_of > 1 and predictor.objective == "diffusion":
         preds["diffusion_mean"] = _mean_of(preds["diffusion"], predictor, inputs, sampler, seed, mean_of)
     if x0 and predictor.objective == "diffusion":
-        preds["diffusion_x0"] = _predict(predictor, inputs, sampler, seed, x0=True)
+        # Sampling with the x0 estimate's own sampler (DDIM-1) is that estimate, with the same seed: reused.
+        preds["diffusion_x0"] = preds["diffusion"] if sampler == X0_SAMPLER else \
+            _predict(predictor, inputs, sampler, seed, x0=True)
     if swapped is not None:
         preds["diffusion_shuffled_actions"] = _predict(predictor, inputs | {"vector": swapped}, sampler, seed)
     preds["copy"] = (copy_frame(inputs["current"]), 0.0)
@@ -103,10 +106,12 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
 
     `sampler` defaults to the one the model's run chose. mean_of < 2 leaves out diffusion_mean
     (it costs `mean_of` - 1 more samples: the first is the single sample), x0=False diffusion_x0
-    (one more network call a frame), shuffled=False diffusion_shuffled_actions (one more sample).
+    (one more network call a frame; none at DDIM-1, which is that estimate), shuffled=False
+    diffusion_shuffled_actions (one more sample).
 
-    Streams: `batch` pairs are gathered, predicted by every method and scored at a time, so
-    memory does not grow with the split (only each pair's five scores are kept). The numbers do
+    Streams: `batch` pairs are gathered, predicted by every method and scored at a time
+    (BatchScorer: frame_scores' numbers for the whole batch at once), so memory does not grow
+    with the split (only each pair's five scores are kept). The numbers do
     not depend on `batch` beyond the seeds: the batch starting at row i is sampled with seed + i.
 
     details=True adds result["details"]: the (episode, step) rows, the frames, each method's
@@ -135,10 +140,11 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
         inputs = predictor.inputs(cache, rows[i : i + batch])
         preds = _batch_predictions(predictor, regression, cache, rows[i : i + batch], inputs,
                                    None if swapped is None else swapped[i : i + batch], sampler, seed + i, mean_of, x0)
+        scorer, scored = BatchScorer(inputs["current"], inputs["future"]), {}
         for m, (pred, secs) in preds.items():
-            scores.setdefault(m, []).append(np.array(
-                [[s[k] for k in SCORE_KEYS] for s in map(frame_scores, inputs["current"], inputs["future"], pred)],
-                dtype=float).reshape(-1, len(SCORE_KEYS)))
+            if id(pred) not in scored:  # a prediction two methods share (x0 at DDIM-1) is scored once
+                scored[id(pred)] = scorer(pred)
+            scores.setdefault(m, []).append(scored[id(pred)])
             seconds[m] = seconds.get(m, 0.0) + secs
             if details:
                 kept.setdefault(m, []).append(pred)

@@ -3,11 +3,18 @@
 Most of a kitchen frame does not move in k steps, so full-frame scores mostly measure the
 static background. The *moving* pixels are those where the current and the true future frame
 differ by more than a threshold; scores on them say whether a model predicts motion.
+
+`frame_scores` scores one frame; `BatchScorer` gives the same numbers, bit for bit, for a whole
+batch at once (evaluate's path: calling scikit-image frame by frame, channel by channel, spends
+most of its time in Python around 64x64 arrays). It runs scikit-image's SSIM arithmetic
+(`structural_similarity` with a 7x7 uniform window, its defaults) on the batch in one go, and
+its scores are checked against `frame_scores` by tests/test_evaluate.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 MOVING_THRESHOLD = 0.05  # of the 0..1 range, largest change over the channels
@@ -80,6 +87,84 @@ def frame_scores(current: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> di
 
 
 SCORE_KEYS = ("psnr", "ssim", "psnr_moving", "ssim_moving", "sharpness_moving")  # frame_scores' keys
+
+
+# scikit-image's structural_similarity defaults, as ssim_map calls it: a 7x7 uniform window,
+# K1 0.01, K2 0.03, the sample covariance, uint8 data range.
+_SSIM_WIN = 7
+_SSIM_COV_NORM = _SSIM_WIN**2 / (_SSIM_WIN**2 - 1)
+_SSIM_C1, _SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+
+def _box(x: np.ndarray) -> np.ndarray:
+    """(B, H, W, C) float64 -> the 7x7 mean over H and W of each frame and channel (scipy's
+    uniform_filter per axis, as scikit-image filters one (H, W) channel)."""
+    return uniform_filter(x, size=(1, _SSIM_WIN, _SSIM_WIN, 1))
+
+
+def _energy_map(x: np.ndarray) -> np.ndarray:
+    """(B, H, W, C) float32 -> (B, H, W) squared finite-difference gradient, gradient_energy's per pixel."""
+    gy, gx = np.zeros_like(x), np.zeros_like(x)
+    gy[:, 1:], gx[:, :, 1:] = x[:, 1:] - x[:, :-1], x[:, :, 1:] - x[:, :, :-1]
+    return (gx**2 + gy**2).sum(axis=-1)
+
+
+class BatchScorer:
+    """frame_scores for a batch, several predictions of the same frames: what depends only on the
+    current and true frames (the moving pixels, the truth's filtered moments and gradient
+    energy) is computed once, then each call scores one method's predictions.
+
+        scorer = BatchScorer(current, truth)   # (B, H, W, C) uint8 each
+        scorer(pred)                           # (B, 5) float, columns SCORE_KEYS
+
+    The same arithmetic as frame_scores in the same order, so the same numbers (tests check it):
+    the heavy parts (SSIM's filters and products, gradients) run on the whole batch, the
+    per-frame sums over the moving pixels frame by frame."""
+
+    def __init__(self, current: np.ndarray, truth: np.ndarray) -> None:
+        current, truth = np.asarray(current), np.asarray(truth)
+        if current.shape != truth.shape or current.ndim != 4:
+            raise ValueError(f"current and truth must be (B, H, W, C) alike: {current.shape} vs {truth.shape}")
+        self.truth = truth
+        self.masks = np.abs(current.astype(np.int16) - truth.astype(np.int16)).max(axis=-1) / 255.0 > MOVING_THRESHOLD
+        x = truth.astype(np.float64)
+        self._x, self._ux = x, _box(x)
+        self._vx = _SSIM_COV_NORM * (_box(x * x) - self._ux * self._ux)
+        energy = _energy_map(truth.astype(np.float32))
+        self._truth_energy = [float(e[m].sum()) for e, m in zip(energy, self.masks, strict=True)]
+
+    def ssim_maps(self, pred: np.ndarray) -> np.ndarray:
+        """(B, H, W, C) uint8 predictions -> (B, H, W) per-pixel SSIM against the truth (ssim_map's)."""
+        ux, vx, y = self._ux, self._vx, pred.astype(np.float64)
+        uy = _box(y)
+        vy = _SSIM_COV_NORM * (_box(y * y) - uy * uy)
+        vxy = _SSIM_COV_NORM * (_box(self._x * y) - ux * uy)
+        a1, a2, b1, b2 = 2 * ux * uy + _SSIM_C1, 2 * vxy + _SSIM_C2, ux**2 + uy**2 + _SSIM_C1, vx + vy + _SSIM_C2
+        return ((a1 * a2) / (b1 * b2)).mean(axis=-1)
+
+    def __call__(self, pred: np.ndarray) -> np.ndarray:
+        pred = np.asarray(pred)
+        if pred.shape != self.truth.shape:
+            raise ValueError(f"predictions are {pred.shape}, the frames {self.truth.shape}")
+        smaps = self.ssim_maps(pred)
+        energy = _energy_map(pred.astype(np.float32))
+        out = np.full((len(pred), len(SCORE_KEYS)), np.nan)
+        for i, (t, p, smap, mask) in enumerate(zip(self.truth, pred, smaps, self.masks, strict=True)):
+            out[i, 0], out[i, 1] = _capped_psnr(t, p), float(smap.mean())
+            if mask.any():
+                out[i, 2] = _capped_psnr(t[mask], p[mask])
+                out[i, 3] = float(smap[mask].mean())
+                out[i, 4] = float(energy[i][mask].sum()) / max(self._truth_energy[i], 1e-6)
+        return out
+
+
+def _capped_psnr(truth: np.ndarray, pred: np.ndarray) -> float:
+    """capped_psnr of uint8 pixels without scikit-image's per-call checks: its mean squared error
+    of integers is an exact integer sum over the count, whatever the summation order."""
+    sq = int(np.square(truth.astype(np.int64) - pred.astype(np.int64)).sum())
+    if sq == 0:  # identical: psnr's inf
+        return PSNR_CAP
+    return min(float(10 * np.log10(255.0**2 / (sq / truth.size))), PSNR_CAP)
 
 
 def summarise_table(scores: np.ndarray) -> dict[str, float]:

@@ -31,6 +31,8 @@ from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.model.unet import ConditionalUNet, UNetConfig
 
 OBJECTIVES = ("diffusion", "regression")
+# predict_x0's sampler: one DDIM step from pure noise at t = T-1 returns the network's x0 estimate.
+X0_SAMPLER = SamplerConfig("ddim", 1)
 
 
 class FrameModel(nn.Module):
@@ -99,7 +101,7 @@ class FrameModel(nn.Module):
     def predict_x0(self, inputs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         """The network's one-step estimate of the future frame from pure noise (t = T-1): for an
         x0 model the conditional mean it has learnt, the blurriest and highest-PSNR guess."""
-        return self.predict(inputs, SamplerConfig("ddim", 1), generator)
+        return self.predict(inputs, X0_SAMPLER, generator)
 
     def network_calls(self, sampler: SamplerConfig) -> int:
         """Network passes one prediction costs."""
