@@ -9,7 +9,8 @@ predicts as slowly and holds as much as a good one. Then, for each fraction of `
 mixed-v2: about 156k frames), a cache of that many frames is written by repeating the real
 episodes' frames and per-frame arrays (as if there were that many episodes; no rendering), put
 where the model's pairs are looked for, and `evaluate --split all --mean_of 0 --sampling_steps 1`
-runs on it in a subprocess whose peak resident memory the kernel reports (wait4's ru_maxrss).
+runs on it in a subprocess whose peak resident memory the kernel reports (wait4's ru_maxrss),
+and its pairs a second (the whole command's, loading included: a timing only on an idle machine).
 `--code PATH` runs another checkout's kitchen_lib instead (the before of a change). Prints a
 table, writes bench/results/memory.json (memory-<name>.json with --tag).
 """
@@ -123,11 +124,13 @@ def main() -> None:
                    "--split", "all", "--mean_of", "0", "--sampling_steps", "1", "--json", str(root / "eval.json")]
             t0 = time.time()
             rc, peak, out = run_measured(cmd, env, cwd=root)
+            seconds = time.time() - t0
             if rc != 0:
                 raise SystemExit(f"evaluate failed ({rc}):\n{out[-3000:]}")
             evaluated = json.loads((root / "eval.json").read_text())["pairs"]
             rows.append({"fraction": fraction, **info, "pairs_evaluated": evaluated, "peak_rss_gb": round(peak, 3),
-                         "minutes": round((time.time() - t0) / 60, 1)})
+                         "minutes": round(seconds / 60, 1),
+                         "pairs_per_second": round(evaluated / seconds, 1)})  # the whole command's: loading included
             print(table(rows[-1:], list(rows[-1])), flush=True)
             shutil.rmtree(target)
             # Written after each size: a long run stopped part way keeps what it measured.
