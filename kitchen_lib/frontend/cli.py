@@ -54,7 +54,11 @@ def cmd_generate(a: argparse.Namespace) -> None:
             print(f"{part}: already in the Minari store")
             continue
         policy = typed or policy_for(part, g.policy)
-        report = generate_dataset(part, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps,
+        episodes, max_steps = g.size(policy)
+        if policy == "explore":  # --episodes / --max_steps typed for an exploration dataset mean it
+            episodes = flags.given(a, "generate").get("episodes", episodes)
+            max_steps = flags.given(a, "generate").get("max_steps", max_steps)
+        report = generate_dataset(part, episodes=episodes, seed=g.seed, max_steps=max_steps,
                                   overwrite=a.overwrite, policy=policy)
         print(f"wrote {report.dataset_id}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
         if policy == "expert":
@@ -183,8 +187,8 @@ def cmd_rollout(a: argparse.Namespace) -> None:
         print(f"wrote {a.json}")
 
 
-def _preset_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=list(PRESETS), default="cpu",
+def _preset_arg(p: argparse.ArgumentParser, default: str = "cpu") -> None:
+    p.add_argument("--preset", choices=list(PRESETS), default=default,
                    help="; ".join(f"{name}: {about}" for name, (about, _) in PRESETS.items()))
 
 
@@ -206,12 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="the smoke presets: a tiny version of everything in seconds")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("generate", help="run the scripted expert (or exploration) and write a local Minari dataset")
-    _preset_arg(p)
+    p = sub.add_parser("generate", help="run the scripted expert and exploration and write local Minari datasets")
+    # By default the datasets of cpu-drive, which needs the most: the expert's and exploration's.
+    _preset_arg(p, default="cpu-drive")
     p.add_argument("--dataset", dest="data.dataset", default=argparse.SUPPRESS,
                    help=f"the dataset id, or several joined by '+' (each missing one is made with its own policy); "
-                        f"default: the preset's ({OFFLINE_DATASET_ID} for cpu), with --policy explore "
-                        f"{EXPLORE_DATASET_ID}")
+                        f"default: the preset's (for cpu-drive, the default, {OFFLINE_DATASET_ID} and "
+                        f"{EXPLORE_DATASET_ID}), with --policy expert or explore only that one")
     flags.add_config_flags(p, ["generate"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id")
     p.add_argument("--random_actions", action="store_true", help="the same as --policy random (scale tests)")

@@ -63,8 +63,9 @@ def quickstart(smoke: bool = False, log: Callable[[str], None] = print) -> dict:
             log(f"{part + ': ' if len(parts) > 1 else ''}already in the Minari store")
             continue
         g = first.generate
-        report = generate_dataset(part, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps,
-                                  policy=policy_for(part, g.policy))
+        policy = policy_for(part, g.policy)
+        episodes, max_steps = g.size(policy)
+        report = generate_dataset(part, episodes=episodes, seed=g.seed, max_steps=max_steps, policy=policy)
         log(f"wrote {part}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
     t0 = done("dataset", started)
     log(f"== 2/5 frame pairs (k={first.data.k}, {first.data.size}px)")

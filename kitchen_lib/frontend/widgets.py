@@ -89,7 +89,7 @@ class PredictionDemo(widgets.VBox):
         self.sampler = sampler_buttons(sampler.name)
         self.steps = widgets.IntSlider(min=1, max=200, value=sampler.steps or DEFAULT_DDIM_STEPS, description="DDIM steps",
                                        continuous_update=False)
-        self._eta = sampler.eta
+        self._eta, self._guidance = sampler.eta, sampler.guidance  # kept: no control changes them
         titles = ["current", f"predicted (+{self.k})", f"actual (+{self.k})", "difference"]  # short: under 100 px
         h, w = self._frames().shape[1:3]
         self.images = [sized_image(h, w, scale) for _ in titles]
@@ -149,7 +149,7 @@ class PredictionDemo(widgets.VBox):
     def sampler_config(self) -> SamplerConfig:
         """What the controls ask for; the steps only for a sampler that takes them (not DDPM)."""
         name = self.sampler.value
-        return SamplerConfig(name, self.steps.value if SAMPLERS[name].takes_steps else None, self._eta)
+        return SamplerConfig(name, self.steps.value if SAMPLERS[name].takes_steps else None, self._eta, self._guidance)
 
     def _refresh(self, change: dict | None = None) -> None:
         import time

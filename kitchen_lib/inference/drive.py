@@ -27,6 +27,7 @@ from kitchen_lib.data.controller import Controller, ExpertConfig, Waypoint
 from kitchen_lib.data.datasets import Episode as RecordedEpisode
 from kitchen_lib.data.datasets import load_episode
 from kitchen_lib.data.examples import ACTION_DIM
+from kitchen_lib.data.generate import policy_for
 from kitchen_lib.data.kitchen import OBS_DIM, make_env, state_from_observation
 from kitchen_lib.data.render import KitchenRenderer
 from kitchen_lib.inference.metrics import capped_psnr
@@ -136,7 +137,8 @@ class Drive:
     def __init__(self, predictor: Predictor, seed: int = 0, sampler: SamplerConfig | None = None) -> None:
         if not predictor.conditioning.actions:
             raise UserError("driving needs a world model, one that is told the actions: this one predicts from frames "
-                            "alone. Train one with `python -m kitchen_lib train --preset cpu-world` (or run quickstart)")
+                            "alone. Train the one made for driving with `python -m kitchen_lib train --preset cpu-drive` (20 "
+                            "minutes; quickstart's cpu-world drives too, but has seen only the expert's motions)")
         self.predictor = predictor
         self.sampler = sampler or predictor.sampler
         self.k = predictor.k
@@ -333,8 +335,13 @@ class Drive:
         self.close()
 
 
-def held_out_episode(predictor: Predictor, which: int = 0) -> RecordedEpisode:
-    """A test-split episode of the model's own dataset (never trained on), for "replay the expert"."""
+def held_out_episode(predictor: Predictor, which: int = 0, policy: str = "expert") -> RecordedEpisode:
+    """A test-split episode of the model's own data (never trained on) recorded by `policy` (of a
+    model trained on several datasets, one of the expert's for "replay the expert"), from its own
+    dataset; any test episode if none is `policy`'s."""
     cache = pairs_for(predictor)
-    test = cache.meta["splits"]["test"]
-    return load_episode(predictor.config.data.dataset, int(test[which % len(test)]))
+    own = cache.meta["config"]["dataset"]
+    test = [e for e in cache.meta["episodes"] if e["split"] == "test"]
+    mine = [e for e in test if policy_for(e.get("dataset", own)) == policy] or test
+    e = mine[which % len(mine)]
+    return load_episode(e.get("dataset", own), int(e.get("dataset_index", e["index"])))
