@@ -232,7 +232,7 @@ class DriveDemo(widgets.VBox):
     """Drive the real kitchen and a world model's dream with the same buttons (a `Drive`).
 
     real | dream | difference side by side, a keypad of hand commands (move, turn, gripper: the
-    commands of kitchen_lib.inference.drive.COMMANDS), re-sync (the dream is handed the truth),
+    commands of kitchen_lib.inference.commands.COMMANDS), re-sync (the dream is handed the truth),
     reset (the env's start state for a seed) and "replay the expert" (a held-out recorded episode
     from its start state, `replay_steps` steps), a strip of the PSNR of the dream against the
     truth over the last steps (numbers and bars: the divergence; a blue tick marks a re-sync),
@@ -249,7 +249,7 @@ class DriveDemo(widgets.VBox):
     )
 
     def __init__(self, drive, scale: int = 3, strip: int = 20, expert=None, replay_steps: int = 20) -> None:
-        from kitchen_lib.inference.drive import COMMANDS
+        from kitchen_lib.inference.commands import COMMANDS
 
         self.drive, self._scale, self.strip, self.replay_steps = drive, scale, strip, replay_steps
         self._expert = expert  # a kitchen_lib.data.datasets.Episode; None: a held-out one, loaded when asked
