@@ -167,7 +167,7 @@ def test_every_command_steps(drive):
 
 def test_the_widget_buttons_step_both_images_and_fill_the_strip(drive, small_dataset, small_pairs):
     from kitchen_lib.data.datasets import load_episode
-    from kitchen_lib.frontend.widgets import DriveDemo
+    from kitchen_lib.frontend.drive_widget import DriveDemo
 
     drive.reset(0)
     episode = load_episode(small_dataset, small_pairs.meta["splits"]["test"][0])
