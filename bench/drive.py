@@ -54,7 +54,7 @@ def main() -> None:
         sys.exit(f"no checkpoint at {checkpoint}: run `python -m kitchen_lib quickstart` (it trains cpu-world), "
                  f"or pass --checkpoint")
     predictor = load_predictor(checkpoint)
-    from kitchen_lib.frontend.widgets import DriveDemo
+    from kitchen_lib.frontend.drive_widget import DriveDemo
 
     commands = [CYCLE[i % len(CYCLE)] for i in range(a.warmup + a.steps)]
     with Drive(predictor, seed=0) as drive:

@@ -11,7 +11,8 @@ import torch
 from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.images import png_bytes
 from kitchen_lib.data.examples import Episode, gather
-from kitchen_lib.inference.drive import COMMANDS, MAX_LEAD, MOVE_M, Drive, rotation, rotation_vector
+from kitchen_lib.inference.commands import COMMANDS, MAX_LEAD, MOVE_M, rotation, rotation_vector
+from kitchen_lib.inference.drive import Drive
 from kitchen_lib.inference.metrics import capped_psnr
 from kitchen_lib.inference.predictor import Predictor, load_predictor
 from kitchen_lib.training.config import build_model, preset, with_overrides
@@ -166,7 +167,7 @@ def test_every_command_steps(drive):
 
 def test_the_widget_buttons_step_both_images_and_fill_the_strip(drive, small_dataset, small_pairs):
     from kitchen_lib.data.datasets import load_episode
-    from kitchen_lib.frontend.widgets import DriveDemo
+    from kitchen_lib.frontend.drive_widget import DriveDemo
 
     drive.reset(0)
     episode = load_episode(small_dataset, small_pairs.meta["splits"]["test"][0])
