@@ -29,7 +29,7 @@ from _common import RESULTS, machine, table, write_json  # noqa: E402
 from kitchen_lib.base.errors import UserError  # noqa: E402
 from kitchen_lib.base.paths import atomic_path, data_dir  # noqa: E402
 from kitchen_lib.data.cache import PairsCache  # noqa: E402
-from kitchen_lib.data.generate import policy_for  # noqa: E402
+from kitchen_lib.data.generate import recorded_policy  # noqa: E402
 from kitchen_lib.inference.predictor import Predictor, load_predictor, pairs_for  # noqa: E402
 from kitchen_lib.inference.rollout import rollout_episode  # noqa: E402
 from kitchen_lib.training.runs import default_run_dir  # noqa: E402
@@ -102,16 +102,20 @@ def main() -> None:
     ap.add_argument("--horizon", nargs="+", default=["expert=40", "explore=20"],
                     help="rollout steps per policy of a dataset (policy=steps; a dataset of no listed policy: the first)")
     ap.add_argument("--splits", nargs="+", default=["val", "test"], choices=["train", "val", "test"])
+    ap.add_argument("--names", nargs="+", default=None, help="a label per checkpoint (default: its folder's name)")
     ap.add_argument("--tag", default=None, help="writes horizons-TAG.json")
     a = ap.parse_args()
     try:
         horizons = {p: int(n) for p, n in (h.split("=") for h in a.horizon)}
-        preds = {Path(c).resolve().parent.name: load_predictor(c) for c in a.checkpoints}
+        names = a.names or [Path(c).resolve().parent.name for c in a.checkpoints]
+        if len(names) != len(a.checkpoints) or len(set(names)) != len(names):
+            raise UserError(f"--names needs one distinct label per checkpoint ({len(a.checkpoints)})")
+        preds = {name: load_predictor(c) for name, c in zip(names, a.checkpoints, strict=True)}
         first = next(iter(preds.values()))
         cache = pairs_for(first, a.dataset or first.config.data.dataset)
         results: dict[str, dict] = {name: {} for name in preds}
         for ds in cache.datasets:
-            n = horizons.get(policy_for(ds), next(iter(horizons.values())))
+            n = horizons.get(recorded_policy(ds), next(iter(horizons.values())))
             jobs = starts_of(cache, ds, a.splits, n, a.starts)
             if not jobs:
                 raise UserError(f"no held-out episode of {ds} is long enough for {n} rollout steps")

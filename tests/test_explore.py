@@ -209,7 +209,7 @@ def test_joined_ids_are_checked_and_missing_parts_made(small_dataset, monkeypatc
     with pytest.raises(DatasetError, match="minari download D4RL/kitchen/complete-v2"):
         ensure_dataset(joined(small_dataset, "D4RL/kitchen/complete-v2"), progress=False)
     a, b = "kitchen-diffusion/test-join-a-v0", "kitchen-diffusion/test-join-b-v0"
-    ensure_dataset(joined(small_dataset, a, b), GenerateConfig(episodes=3, max_steps=8, policy="explore"), progress=False)
+    ensure_dataset(joined(small_dataset, a, b), GenerateConfig(explore_episodes=3, explore_max_steps=8, policy="explore"), progress=False)
     for part in (a, b):
         ds = open_dataset(part)
         assert ds.total_episodes == 3 and "exploration" in ds.storage.metadata["algorithm_name"]

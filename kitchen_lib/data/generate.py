@@ -76,6 +76,19 @@ def policy_for(dataset_id: str, policy: str = "expert") -> str:
     return DATASET_POLICIES.get(dataset_id, policy)
 
 
+def recorded_policy(dataset_id: str) -> str:
+    """The policy whose episodes a dataset holds: ours by their id, any other of ours by the
+    algorithm its metadata names (exploration's), else the expert's (D4RL's human demonstrations
+    do the tasks too). Unlike policy_for, this opens an unnamed local dataset."""
+    if dataset_id in DATASET_POLICIES:
+        return DATASET_POLICIES[dataset_id]
+    if is_local(dataset_id):
+        algorithm = open_dataset(dataset_id).storage.metadata.get("algorithm_name")
+        if algorithm == _ALGORITHMS["explore"][0]:
+            return "explore"
+    return "expert"
+
+
 def default_dataset(policy: str, dataset: str) -> str:
     """Where `generate --policy P` writes when no --dataset is given, for a run whose setting is
     `dataset`: its parts that hold P's episodes; else, for exploration, the exploration dataset of

@@ -27,7 +27,7 @@ from kitchen_lib.data.controller import Controller, ExpertConfig, Waypoint
 from kitchen_lib.data.datasets import Episode as RecordedEpisode
 from kitchen_lib.data.datasets import load_episode
 from kitchen_lib.data.examples import ACTION_DIM
-from kitchen_lib.data.generate import policy_for
+from kitchen_lib.data.generate import recorded_policy
 from kitchen_lib.data.kitchen import OBS_DIM, make_env, state_from_observation
 from kitchen_lib.data.render import KitchenRenderer
 from kitchen_lib.inference.commands import COMMANDS, next_target
@@ -274,6 +274,6 @@ def held_out_episode(predictor: Predictor, which: int = 0, policy: str = "expert
     cache = pairs_for(predictor)
     own = cache.meta["config"]["dataset"]
     test = [e for e in cache.meta["episodes"] if e["split"] == "test"]
-    mine = [e for e in test if policy_for(e.get("dataset", own)) == policy] or test
+    mine = [e for e in test if recorded_policy(e.get("dataset", own)) == policy] or test
     e = mine[which % len(mine)]
     return load_episode(e.get("dataset", own), int(e.get("dataset_index", e["index"])))
