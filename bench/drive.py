@@ -1,8 +1,8 @@
 """How fast the kitchen can be driven: dream frames a second of `Drive.step` and of the DriveDemo widget.
 
-    python bench/drive.py [--checkpoint data/checkpoints/cpu-world/latest.pt] [--steps 40] [--warmup 3]
+    python bench/drive.py [--checkpoint data/checkpoints/cpu-drive/latest.pt] [--steps 40] [--warmup 3]
 
-Loads a world model (default: the cpu-world run in its default folder, as quickstart leaves it) with
+Loads a world model (default: the cpu-drive run in its default folder, the model notebook 09 drives) with
 the sampler its run chose, and drives the real env and the dream from the env's start state (seed 0)
 through a fixed cycle of hand commands, --steps steps after --warmup. Measures, per frame:
 
@@ -45,16 +45,16 @@ def row(what: str, seconds: list[float]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=None, help="default: the cpu-world run's latest.pt in its default folder")
+    ap.add_argument("--checkpoint", default=None, help="default: the cpu-drive run's latest.pt in its default folder")
     ap.add_argument("--steps", type=int, default=40, help="timed steps of each kind")
     ap.add_argument("--warmup", type=int, default=3)
     a = ap.parse_args()
-    checkpoint = Path(a.checkpoint) if a.checkpoint else preset("cpu-world").checkpoint_dir() / "latest.pt"
+    checkpoint = Path(a.checkpoint) if a.checkpoint else preset("cpu-drive").checkpoint_dir() / "latest.pt"
     if not checkpoint.is_file():
-        sys.exit(f"no checkpoint at {checkpoint}: run `python -m kitchen_lib quickstart` (it trains cpu-world), "
-                 f"or pass --checkpoint")
+        sys.exit(f"no checkpoint at {checkpoint}: train it (`python -m kitchen_lib train --preset cpu-drive`, "
+                 f"20 minutes), or pass --checkpoint (e.g. quickstart's cpu-world)")
     predictor = load_predictor(checkpoint)
-    from kitchen_lib.frontend.widgets import DriveDemo
+    from kitchen_lib.frontend.drive_widget import DriveDemo
 
     commands = [CYCLE[i % len(CYCLE)] for i in range(a.warmup + a.steps)]
     with Drive(predictor, seed=0) as drive:

@@ -1,7 +1,7 @@
 """Classifier-free guidance on the actions: what each scale w buys in action-following, and costs.
 
     python bench/guidance.py [--checkpoint data/checkpoints/cpu-world/latest.pt] [--scales 1 1.5 2 3]
-                             [--pairs 256] [--dataset ID] [--seed 0]
+                             [--pairs 256] [--dataset ID] [--part ID] [--tag NAME] [--seed 0]
 
 For each guidance scale w, on --pairs pairs spread over the test split (held-out episodes) of
 the model's dataset (or --dataset's), one sample of the run's own sampler with guidance w: PSNR
@@ -40,8 +40,9 @@ COLUMNS = ["w", "passes", "psnr", "psnr_moving", "gain", "gain_moving", "shuffle
 
 
 def guidance_curve(predictor: Predictor, cache: PairsCache, scales: list[float], pairs: int | None,
-                   seed: int = 0, batch1: bool = True, progress: bool = True) -> dict:
-    """The scores at every guidance scale (the JSON's "scales", keyed by w as written) and copy's."""
+                   seed: int = 0, batch1: bool = True, progress: bool = True, part: str | None = None) -> dict:
+    """The scores at every guidance scale (the JSON's "scales", keyed by w as written) and copy's,
+    on the test pairs of the cache (of its joined dataset `part` if given)."""
     from tqdm.auto import tqdm
 
     if not predictor.conditioning.actions:
@@ -49,11 +50,11 @@ def guidance_curve(predictor: Predictor, cache: PairsCache, scales: list[float],
     samplers = {f"{w:g}": replace(predictor.sampler, guidance=w) for w in scales}
     for s in samplers.values():  # every scale checked before the first is measured
         predictor.model.check_sampler(s)
-    one = predictor.inputs(cache, cache.select("test", 1)) if batch1 else None
+    one = predictor.inputs(cache, cache.select("test", 1, dataset=part)) if batch1 else None
     out, copy = {}, None
     for key, s in tqdm(samplers.items(), desc="guidance scales", disable=not progress):
         ev = evaluate(predictor, cache, "test", s, max_pairs=pairs, seed=seed, mean_of=0, x0=False, shuffled=True,
-                      progress=progress)
+                      progress=progress, part=part)
         m, shuffled, copy = (ev["methods"][k] for k in ("diffusion", "diffusion_shuffled_actions", "copy"))
         out[key] = {
             "guidance": s.guidance, "network_calls": ev["sampling_steps"], "label": s.label(predictor.model.diffusion.T),
@@ -84,12 +85,14 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[1, 1.5, 2, 3], help="guidance scales w")
     ap.add_argument("--pairs", type=int, default=256, help="test pairs, spread over the held-out episodes")
     ap.add_argument("--dataset", default=None, help="score on this dataset's test episodes (default: the model's)")
+    ap.add_argument("--part", default=None, metavar="ID", help="only the test episodes of this one of joined datasets")
+    ap.add_argument("--tag", default=None, help="writes guidance-TAG.json (default: the checkpoint's folder)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     try:
         pred = load_predictor(a.checkpoint)
         cache = pairs_for(pred, a.dataset)
-        curve = guidance_curve(pred, cache, a.scales, a.pairs, a.seed)
+        curve = guidance_curve(pred, cache, a.scales, a.pairs, a.seed, part=a.part)
     except UserError as e:
         sys.exit(f"error: {e}")
     first = next(iter(curve["scales"].values()))
@@ -101,7 +104,7 @@ def main() -> None:
           f"seconds a frame in batches of 64 and at batch 1). Copy: {curve['copy']['psnr']:.2f} / "
           f"{curve['copy']['psnr_moving']:.2f} dB")
     print(table(rows(curve), COLUMNS))
-    name = Path(a.checkpoint).resolve().parent.name
+    name = a.tag or Path(a.checkpoint).resolve().parent.name
     print("wrote", write_json(f"guidance-{name}.json", res))
 
 

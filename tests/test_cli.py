@@ -19,6 +19,9 @@ def test_quickstart_smoke_runs_the_whole_pipeline(tmp_path):
     text = out.stdout
     for step in ("== 1/5", "== 2/5", "== 3/5", "== 4/5", "== 5/5", "copy-the-current-frame baseline"):
         assert step in text
+    from kitchen_lib.data.datasets import EXPLORE_SMOKE_DATASET_ID, is_local
+
+    assert EXPLORE_SMOKE_DATASET_ID in text and is_local(EXPLORE_SMOKE_DATASET_ID)  # notebook 09's data made too
     samples = tmp_path / "data" / "samples"
     for name in ("quickstart_smoke.png", "quickstart_smoke-world.png", "quickstart_smoke-world_rollout.gif",
                  "summary.md", "summary.json"):

@@ -11,7 +11,8 @@ import torch
 from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.images import png_bytes
 from kitchen_lib.data.examples import Episode, gather
-from kitchen_lib.inference.drive import COMMANDS, MAX_LEAD, MOVE_M, Drive, rotation, rotation_vector
+from kitchen_lib.inference.commands import COMMANDS, MAX_LEAD, MOVE_M, rotation, rotation_vector
+from kitchen_lib.inference.drive import Drive
 from kitchen_lib.inference.metrics import capped_psnr
 from kitchen_lib.inference.predictor import Predictor, load_predictor
 from kitchen_lib.training.config import build_model, preset, with_overrides
@@ -153,7 +154,7 @@ def test_bad_input_gets_a_clear_error(drive, small_dataset):
     assert drive.t == 0  # nothing was stepped
     cfg = with_overrides(preset("smoke"), data={"dataset": small_dataset})
     frame_only = Predictor(build_model(cfg).eval(), cfg, torch.device("cpu"))
-    with pytest.raises(UserError, match="world model.*--preset cpu-world"):
+    with pytest.raises(UserError, match="world model.*--preset cpu-drive"):
         Drive(frame_only)
 
 
@@ -166,7 +167,7 @@ def test_every_command_steps(drive):
 
 def test_the_widget_buttons_step_both_images_and_fill_the_strip(drive, small_dataset, small_pairs):
     from kitchen_lib.data.datasets import load_episode
-    from kitchen_lib.frontend.widgets import DriveDemo
+    from kitchen_lib.frontend.drive_widget import DriveDemo
 
     drive.reset(0)
     episode = load_episode(small_dataset, small_pairs.meta["splits"]["test"][0])
@@ -192,3 +193,28 @@ def test_the_widget_buttons_step_both_images_and_fill_the_strip(drive, small_dat
     assert drive.t == 0 and drive.seed == 3
     demo.press(np.zeros((4, 9)))  # a wrong chunk is shown, not raised
     assert "shaped (k, 9)" in demo.info.value and drive.t == 0
+
+
+def test_replay_the_expert_picks_a_held_out_expert_episode_of_a_model_trained_on_joined_datasets(small_dataset):
+    from types import SimpleNamespace
+
+    from kitchen_lib.data.datasets import is_local, joined, load_episode
+    from kitchen_lib.data.generate import generate_dataset
+    from kitchen_lib.inference.drive import held_out_episode
+
+    explore = "kitchen-diffusion/test-drive-explore-v0"
+    if not is_local(explore):
+        generate_dataset(explore, episodes=3, max_steps=20, progress=False, policy="explore")
+    both = SimpleNamespace(config=with_overrides(preset("smoke-world"), data={"dataset": joined(explore, small_dataset)}))
+    from kitchen_lib.inference.predictor import pairs_for
+
+    cache = pairs_for(both)
+    expert_test = [e for e in cache.meta["episodes"] if e["split"] == "test" and e["dataset"] == small_dataset]
+    assert expert_test and cache.meta["episodes"][0]["dataset"] == explore  # exploration's episodes come first
+    got = held_out_episode(both)
+    want = load_episode(small_dataset, expert_test[0]["dataset_index"])
+    assert np.array_equal(got.actions, want.actions) and len(got.actions) != 20
+    assert len(held_out_episode(both, policy="explore").actions) == 20
+    from kitchen_lib.data.generate import recorded_policy  # an unnamed id is known by its metadata
+
+    assert (recorded_policy(explore), recorded_policy(small_dataset)) == ("explore", "expert")

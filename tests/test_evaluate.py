@@ -253,3 +253,36 @@ def test_notebooks_show_a_runs_last_weights(tmp_path, monkeypatch):
     torch.save(older, run / "best.pt")  # a run of the recipe before patches is not shown as today's cpu model
     with pytest.raises(UserError, match=rf"model\.patch_size: checkpoint 1, now {preset('cpu').model.patch_size}"):
         ensure_trained("cpu", smoke=False)
+
+
+def test_rollout_horizons_per_dataset_against_holding_the_start_frame(models, small_pairs, small_dataset):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from kitchen_lib.base.errors import UserError
+    from kitchen_lib.inference.rollout import mean_rollouts, rollout_episode
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("horizons_bench", bench / "horizons.py")
+    horizons = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(horizons)
+
+    p = load_predictor(models[0])
+    jobs = horizons.starts_of(small_pairs, small_dataset, ["val", "test"], horizon=4, starts=2)
+    held_out = small_pairs.meta["splits"]["val"] + small_pairs.meta["splits"]["test"]
+    assert len(jobs) == 2 * len(held_out) and {ep for ep, _ in jobs} == set(held_out)
+    s = horizons.horizon_scores(p, small_pairs, jobs, 4, progress=False)
+    runs = [rollout_episode(p, small_pairs, ep, start, 4, seed=start) for ep, start in jobs]
+    assert np.allclose(s["psnr"], np.mean([r.psnr[1:] for r in runs], axis=0))
+    assert np.allclose(s["hold_psnr"], np.mean([r.hold_psnr[1:] for r in runs], axis=0))
+    margin = np.array(s["psnr"]) - np.array(s["hold_psnr"])
+    assert s["worst_margin"] == pytest.approx(margin.min())
+    assert s["falls_to_hold_at"] == (int(np.flatnonzero(margin <= 0)[0]) + 1 if (margin <= 0).any() else None)
+    assert 0 <= s["share_beating_hold"] <= 1
+    # mean_rollouts on one dataset of the cache: here its only one, so the same as the whole split
+    assert mean_rollouts(p, small_pairs, "test", 2, 3, dataset=small_dataset, progress=False) == \
+        mean_rollouts(p, small_pairs, "test", 2, 3, progress=False)
+    with pytest.raises(UserError, match="not one of this cache's datasets"):
+        mean_rollouts(p, small_pairs, "test", 2, 3, dataset="kitchen-diffusion/other-v0", progress=False)

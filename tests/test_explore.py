@@ -106,6 +106,32 @@ def test_generate_policy_explore_through_the_cli_writes_a_dataset():
     assert not np.allclose(eps[0].actions, eps[1].actions)
 
 
+def test_generate_with_no_dataset_makes_every_dataset_the_drive_preset_needs_each_at_its_size(tmp_path):
+    import os
+
+    from kitchen_lib.data.datasets import SMOKE_DATASET_ID
+
+    store = tmp_path / "minari"
+    env = os.environ | {"MINARI_DATASETS_PATH": str(store), "KITCHEN_DATA_DIR": str(tmp_path / "data")}
+    cmd = [sys.executable, "-m", "kitchen_lib", "generate", "--preset", "smoke-drive", "--explore_max_steps", "30"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert SMOKE_DATASET_ID in out.stdout and EXPLORE_SMOKE_DATASET_ID in out.stdout
+    code = ("import json; from kitchen_lib.data.datasets import iter_episodes as it; print(json.dumps("
+            f"[[len(e.actions) for e in it(d)] for d in ({SMOKE_DATASET_ID!r}, {EXPLORE_SMOKE_DATASET_ID!r})]))")
+    expert, explore = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                                check=True).stdout)
+    assert len(expert) == 3 and max(expert) <= 60  # the expert's size (smoke: 3 of at most 60 steps)...
+    assert explore == [30] * 3  # ...and exploration's own, here typed
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)  # both there: nothing made, nothing lost
+    assert again.returncode == 0 and again.stdout.count("already in the Minari store") == 2, again.stdout
+
+
+def test_each_policy_has_its_own_dataset_size():
+    g = GenerateConfig(episodes=5, max_steps=50, explore_episodes=2, explore_max_steps=7)
+    assert g.size("expert") == g.size("random") == (5, 50) and g.size("explore") == (2, 7)
+
+
 def test_generate_refuses_a_policy_another_dataset_holds(capsys):
     from kitchen_lib.frontend.cli import main
 
@@ -183,7 +209,7 @@ def test_joined_ids_are_checked_and_missing_parts_made(small_dataset, monkeypatc
     with pytest.raises(DatasetError, match="minari download D4RL/kitchen/complete-v2"):
         ensure_dataset(joined(small_dataset, "D4RL/kitchen/complete-v2"), progress=False)
     a, b = "kitchen-diffusion/test-join-a-v0", "kitchen-diffusion/test-join-b-v0"
-    ensure_dataset(joined(small_dataset, a, b), GenerateConfig(episodes=3, max_steps=8, policy="explore"), progress=False)
+    ensure_dataset(joined(small_dataset, a, b), GenerateConfig(explore_episodes=3, explore_max_steps=8, policy="explore"), progress=False)
     for part in (a, b):
         ds = open_dataset(part)
         assert ds.total_episodes == 3 and "exploration" in ds.storage.metadata["algorithm_name"]

@@ -221,6 +221,13 @@ def test_a_short_training_with_action_dropout_samples_guided_frames(small_datase
     frames = p.predict(inputs, seed=0)  # the run's own sampler, guided
     assert frames.shape == inputs["current"].shape and frames.dtype == np.uint8
 
+    from kitchen_lib.frontend.widgets import PredictionDemo
+
+    demo = PredictionDemo(p, cache, rollout_horizon=1)  # the demo samples as the run does, guidance included
+    assert demo.sampler_config() == p.sampler
+    demo.steps.value = 3
+    assert demo.sampler_config() == SamplerConfig("ddim", 3, guidance=2.0)
+
     # bench/guidance.py's measurement, on this model: every scale scored with evaluate's numbers.
     curve = guidance_bench.guidance_curve(p, cache, [1, 2], pairs=6, batch1=False, progress=False)
     assert list(curve["scales"]) == ["1", "2"]

@@ -113,7 +113,8 @@ def test_the_demo_offers_the_registered_samplers_and_steps_only_where_taken(firs
     assert sampler_buttons("first-call-only").options == ("ddim", "ddpm", "first-call-only")
 
     def asked(name: str) -> SamplerConfig:  # the demo's controls, without a trained model behind them
-        controls = SimpleNamespace(sampler=SimpleNamespace(value=name), steps=SimpleNamespace(value=7), _eta=0.0)
+        controls = SimpleNamespace(sampler=SimpleNamespace(value=name), steps=SimpleNamespace(value=7), _eta=0.0,
+                                   _guidance=1.0)
         return PredictionDemo.sampler_config(controls)
 
     assert asked("ddim") == SamplerConfig("ddim", 7)

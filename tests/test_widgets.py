@@ -1,7 +1,8 @@
 import numpy as np
 
 from kitchen_lib.base.images import png_bytes
-from kitchen_lib.frontend.widgets import FramePlayer, command_slug, psnr_sparkline
+from kitchen_lib.frontend.drive_widget import command_slug, psnr_sparkline
+from kitchen_lib.frontend.widgets import FramePlayer
 
 
 def _frames(n=6, size=8):

@@ -200,6 +200,24 @@ class _Recorder:
         )
 
 
+def follow(env, ctrl: Controller, rec: _Recorder, wp: Waypoint, obs: dict, settle: int, max_steps: int) -> dict:
+    """Step `env` towards `wp` with `ctrl`, recording each step in `rec`, until the hand has been
+    within `wp.tol` of it on more than `settle` steps, `wp.max_steps` steps have passed, or the
+    episode has `max_steps` steps. `obs` is the env's latest observation; returns the new latest."""
+    within = 0
+    for _ in range(wp.max_steps):
+        a = ctrl.action(wp, obs["observation"][:9])
+        obs, r, term, trunc, info = env.step(a)
+        rec.add(a, obs, r, term, trunc, info)
+        if len(rec) >= max_steps:
+            break
+        if np.linalg.norm(wp.pos - ctrl.hand_pos) < wp.tol:
+            within += 1
+            if within > settle:
+                break
+    return obs
+
+
 def run_episode(
     env, seed: int, tasks: tuple[str, ...] = COMPLETE_TASKS, shuffle: bool = True,
     max_steps: int = 900, cfg: ExpertConfig | None = None, debug: bool = False,
@@ -231,18 +249,8 @@ def run_episode(
     for wp in waypoints():
         if not wp.exact:
             wp.pos = wp.pos + scene.jitter(cfg.waypoint_jitter)
-        reached_for = 0
         n0 = len(rec)
-        for _ in range(wp.max_steps):
-            a = ctrl.action(wp, obs["observation"][:9])
-            obs, r, term, trunc, info = env.step(a)
-            rec.add(a, obs, r, term, trunc, info)
-            if len(rec) >= max_steps:
-                break
-            if np.linalg.norm(wp.pos - ctrl.hand_pos) < wp.tol:
-                reached_for += 1
-                if reached_for > cfg.settle_steps:
-                    break
+        obs = follow(env, ctrl, rec, wp, obs, cfg.settle_steps, max_steps)
         if debug:
             q = u.data.qpos
             print(f"  {len(rec) - n0:3d}/{wp.max_steps:3d} steps, wp {wp.pos.round(3)} hand {ctrl.hand_pos.round(3)} "

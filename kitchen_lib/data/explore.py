@@ -56,7 +56,7 @@ import mujoco
 import numpy as np
 
 from kitchen_lib.data.controller import FORWARD, FORWARD_ROLLED, KETTLE_HAND, Controller, ExpertConfig, Waypoint
-from kitchen_lib.data.expert import EpisodeRecord, Scene, _Recorder
+from kitchen_lib.data.expert import EpisodeRecord, Scene, _Recorder, follow
 from kitchen_lib.data.kitchen import state_from_observation
 
 
@@ -229,17 +229,8 @@ def explore_episode(env, seed: int, max_steps: int = 900, cfg: ExploreConfig | N
     rec = _Recorder(env, obs)
     explorer = _Explorer(Scene(u.model, u.data, rng), ctrl, cfg, rng)
     for wp, dwell, kind in explorer.waypoints():
-        reached, n0 = -1, len(rec)
-        for _ in range(wp.max_steps):
-            a = ctrl.action(wp, obs["observation"][:9])
-            obs, r, term, trunc, info = env.step(a)
-            rec.add(a, obs, r, term, trunc, info)
-            if len(rec) >= max_steps:
-                break
-            if np.linalg.norm(wp.pos - ctrl.hand_pos) < wp.tol:
-                reached += 1
-                if reached >= dwell:
-                    break
+        n0 = len(rec)
+        obs = follow(env, ctrl, rec, wp, obs, dwell, max_steps)
         if log is not None:
             log.append({"kind": kind, "reached": bool(np.linalg.norm(wp.pos - ctrl.hand_pos) < max(wp.tol, 0.02)),
                         "steps": len(rec) - n0})

@@ -52,17 +52,41 @@ _ALGORITHMS = {"expert": ("kitchen_lib scripted expert (DLS IK waypoints)", "kit
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """How much our scripted expert records: episodes, the step limit of each, the seed, who acts."""
+    """How much our policies record: episodes and the step limit of each (the expert's and random
+    actions', and exploration's of its own), the seed, who acts."""
 
     episodes: int = 20
     max_steps: int = 900  # long enough for all four tasks
     seed: int = 0
     policy: str = "expert"  # expert (the four tasks), explore (random reachable poses, touching objects) or random
+    # Exploration never finishes early, as the expert does after ~690 steps: 10 x 600 steps is 43%
+    # of the expert's frames, and renders in about 1.7 minutes at 64px.
+    explore_episodes: int = 10
+    explore_max_steps: int = 600
+
+    def size(self, policy: str) -> tuple[int, int]:
+        """(episodes, max_steps) for `policy`'s dataset."""
+        if policy == "explore":
+            return self.explore_episodes, self.explore_max_steps
+        return self.episodes, self.max_steps
 
 
 def policy_for(dataset_id: str, policy: str = "expert") -> str:
     """The policy whose episodes `dataset_id` holds: its own for our named datasets, else `policy`."""
     return DATASET_POLICIES.get(dataset_id, policy)
+
+
+def recorded_policy(dataset_id: str) -> str:
+    """The policy whose episodes a dataset holds: ours by their id, any other of ours by the
+    algorithm its metadata names (exploration's), else the expert's (D4RL's human demonstrations
+    do the tasks too). Unlike policy_for, this opens an unnamed local dataset."""
+    if dataset_id in DATASET_POLICIES:
+        return DATASET_POLICIES[dataset_id]
+    if is_local(dataset_id):
+        algorithm = open_dataset(dataset_id).storage.metadata.get("algorithm_name")
+        if algorithm == _ALGORITHMS["explore"][0]:
+            return "explore"
+    return "expert"
 
 
 def default_dataset(policy: str, dataset: str) -> str:
@@ -247,6 +271,7 @@ def ensure_dataset(dataset_id: str, size: GenerateConfig = GenerateConfig(), pro
             continue
         if part in D4RL_DATASET_IDS:
             open_dataset(part)  # raises the how-to-download error
-        generate_dataset(part, episodes=size.episodes, seed=size.seed, max_steps=size.max_steps, progress=progress,
-                         policy=policy_for(part, size.policy))
+        policy = policy_for(part, size.policy)
+        episodes, max_steps = size.size(policy)
+        generate_dataset(part, episodes=episodes, seed=size.seed, max_steps=max_steps, progress=progress, policy=policy)
     return dataset_id

@@ -1,7 +1,8 @@
 """Command line: `python -m kitchen_lib {quickstart,generate,render,pairs,train,sample,evaluate,rollout} ...`.
 
 The flags of `train` (and of `pairs` and `generate`) are generated from the config dataclasses
-(kitchen_lib.frontend.flags): run `python -m kitchen_lib train --help` for all of them.
+(kitchen_lib.frontend.flags): run `python -m kitchen_lib train --help` for all of them. The data
+commands (generate, render, pairs) are in kitchen_lib.frontend.cli_data.
 """
 
 from __future__ import annotations
@@ -14,18 +15,10 @@ import time
 import traceback
 
 from kitchen_lib.base.errors import UserError
-from kitchen_lib.base.paths import check_destination
-from kitchen_lib.data.datasets import (
-    D4RL_DATASET_IDS,
-    EXPLORE_DATASET_ID,
-    OFFLINE_DATASET_ID,
-    DatasetError,
-    open_dataset,
-    open_datasets,
-)
-from kitchen_lib.data.generate import generate_dataset
+from kitchen_lib.data.datasets import D4RL_DATASET_IDS, EXPLORE_DATASET_ID, OFFLINE_DATASET_ID, open_datasets
 from kitchen_lib.data.render import DEFAULT_QUALITY, QUALITIES
 from kitchen_lib.frontend import flags
+from kitchen_lib.frontend.cli_data import cmd_generate, cmd_pairs, cmd_render, config_with_dataset
 from kitchen_lib.training.config import PRESETS
 
 
@@ -33,74 +26,6 @@ def cmd_quickstart(a: argparse.Namespace) -> None:
     from kitchen_lib.frontend.quickstart import quickstart
 
     quickstart(smoke=a.smoke)
-
-
-def cmd_generate(a: argparse.Namespace) -> None:
-    from kitchen_lib.data.datasets import dataset_parts, is_local
-    from kitchen_lib.data.generate import default_dataset, policy_for
-
-    cfg = flags.config_from_args(a)
-    g = cfg.generate
-    typed = flags.given(a, "generate").get("policy")
-    if a.random_actions:  # the older name of --policy random
-        if typed not in (None, "random"):
-            raise UserError(f"--random_actions means --policy random, not {typed}: give one of them")
-        typed = "random"
-    # No --dataset: the preset's, or where the policy asked for writes (exploration: its own dataset).
-    dataset = cfg.data.dataset if "data.dataset" in vars(a) or typed is None else default_dataset(typed, cfg.data.dataset)
-    parts = dataset_parts(dataset)
-    for part in parts:
-        if len(parts) > 1 and is_local(part) and not a.overwrite:
-            print(f"{part}: already in the Minari store")
-            continue
-        policy = typed or policy_for(part, g.policy)
-        report = generate_dataset(part, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps,
-                                  overwrite=a.overwrite, policy=policy)
-        print(f"wrote {report.dataset_id}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
-        if policy == "expert":
-            print("tasks completed (share of episodes): " + ", ".join(f"{t} {r:.0%}" for t, r in report.success_rates().items()))
-
-
-def cmd_render(a: argparse.Namespace) -> None:
-    from kitchen_lib.base.images import save_png
-    from kitchen_lib.data.datasets import load_episode
-    from kitchen_lib.data.render import KitchenRenderer
-
-    open_dataset(a.dataset, download=a.download)
-    ep = load_episode(a.dataset, a.episode)
-    if not 0 <= a.step < len(ep.observations):
-        raise DatasetError(f"episode {a.episode} of {a.dataset} has steps 0..{len(ep.observations) - 1}; asked for {a.step}")
-    with KitchenRenderer(a.size, a.quality) as r:
-        frame = r.render(ep.observations[a.step])
-    out = save_png(frame, a.out)
-    print(f"wrote {out} ({a.size}x{a.size}, {a.quality})")
-
-
-def _config_with_dataset(a: argparse.Namespace, train: bool = False):
-    """The run config the flags ask for; its dataset must be in the store (or downloadable), and
-    every folder the command writes must be writable: all checked before any work."""
-    cfg = flags.config_from_args(a, data_only=not train)
-    for folder, flag in flags.destinations(cfg, a.dataset_dir is not None, train):
-        check_destination(folder, flag)
-    open_datasets(cfg.data.dataset, download=a.download)
-    return cfg
-
-
-def cmd_pairs(a: argparse.Namespace) -> None:
-    from kitchen_lib.data.cache_builder import build_pairs
-    from kitchen_lib.frontend.quickstart import format_pairs_summary
-
-    cfg = _config_with_dataset(a)
-    t0 = time.time()
-    cache = build_pairs(cfg.data, root=cfg.root() / "pairs", force=a.force_rebuild, progress=not a.json)
-    if a.verify:  # a damaged file raises CacheError, naming it: exit 2
-        from kitchen_lib.data.cache import verify_cache
-
-        for note in verify_cache(cache):
-            print(f"note: {note}", file=sys.stderr)
-        print(f"verified {cache.path}: every array whole and as built", file=sys.stderr)
-    summary = cache.summary() | {"seconds": round(time.time() - t0, 3)}
-    print(json.dumps(summary, indent=2) if a.json else format_pairs_summary(summary))
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -111,7 +36,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     resume = None if a.resume_from_checkpoint in (None, "none") else a.resume_from_checkpoint
     if resume and a.overwrite:
         raise UserError("--overwrite starts the run over and --resume_from_checkpoint continues it: choose one")
-    cfg = _config_with_dataset(a, train=True)
+    cfg = config_with_dataset(a, train=True)
     r = train(cfg, resume=resume, force_rebuild=a.force_rebuild, overwrite=a.overwrite)
     if not world_from_env().is_main:  # rank 0 reports for all
         return
@@ -183,8 +108,8 @@ def cmd_rollout(a: argparse.Namespace) -> None:
         print(f"wrote {a.json}")
 
 
-def _preset_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=list(PRESETS), default="cpu",
+def _preset_arg(p: argparse.ArgumentParser, default: str = "cpu") -> None:
+    p.add_argument("--preset", choices=list(PRESETS), default=default,
                    help="; ".join(f"{name}: {about}" for name, (about, _) in PRESETS.items()))
 
 
@@ -206,12 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="the smoke presets: a tiny version of everything in seconds")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("generate", help="run the scripted expert (or exploration) and write a local Minari dataset")
-    _preset_arg(p)
+    p = sub.add_parser("generate", help="run the scripted expert and exploration and write local Minari datasets")
+    # By default the datasets of cpu-drive, which needs the most: the expert's and exploration's.
+    _preset_arg(p, default="cpu-drive")
     p.add_argument("--dataset", dest="data.dataset", default=argparse.SUPPRESS,
                    help=f"the dataset id, or several joined by '+' (each missing one is made with its own policy); "
-                        f"default: the preset's ({OFFLINE_DATASET_ID} for cpu), with --policy explore "
-                        f"{EXPLORE_DATASET_ID}")
+                        f"default: the preset's (for cpu-drive, the default, {OFFLINE_DATASET_ID} and "
+                        f"{EXPLORE_DATASET_ID}), with --policy expert or explore only that one")
     flags.add_config_flags(p, ["generate"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id")
     p.add_argument("--random_actions", action="store_true", help="the same as --policy random (scale tests)")

@@ -32,6 +32,8 @@ from kitchen_lib.training.trainer import train
 # What quickstart trains: the course's frame-only model, then its world model (smoke: their tiny twins).
 PRESETS = ("cpu", "cpu-world")
 SMOKE_PRESETS = ("smoke", "smoke-world")
+# Presets whose datasets quickstart makes but which it does not train: notebook 09's (seconds of data).
+DATA_ONLY, SMOKE_DATA_ONLY = ("cpu-drive",), ("smoke-drive",)
 ROLLOUT_STEPS = 20  # jumps of k env steps in the GIF: 100 env steps, 8 seconds of the robot's time
 
 
@@ -56,15 +58,17 @@ def quickstart(smoke: bool = False, log: Callable[[str], None] = print) -> dict:
     first = cfgs[0]
     if any(c.data != first.data for c in cfgs):
         raise RuntimeError("quickstart's presets must share one pairs cache")  # a bug in PRESETS, not the user's
-    log(f"== 1/5 dataset {first.data.dataset}")
-    parts = dataset_parts(first.data.dataset)
-    for part in parts:  # several joined by "+": each made with its own policy if missing
+    extra = [preset(name) for name in (SMOKE_DATA_ONLY if smoke else DATA_ONLY)]
+    parts = list(dict.fromkeys(p for c in cfgs + extra for p in dataset_parts(c.data.dataset)))
+    log(f"== 1/5 datasets {', '.join(parts)}")
+    for part in parts:  # each made with its own policy if missing
         if is_local(part):
             log(f"{part + ': ' if len(parts) > 1 else ''}already in the Minari store")
             continue
         g = first.generate
-        report = generate_dataset(part, episodes=g.episodes, seed=g.seed, max_steps=g.max_steps,
-                                  policy=policy_for(part, g.policy))
+        policy = policy_for(part, g.policy)
+        episodes, max_steps = g.size(policy)
+        report = generate_dataset(part, episodes=episodes, seed=g.seed, max_steps=max_steps, policy=policy)
         log(f"wrote {part}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
     t0 = done("dataset", started)
     log(f"== 2/5 frame pairs (k={first.data.k}, {first.data.size}px)")

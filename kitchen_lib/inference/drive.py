@@ -2,10 +2,10 @@
 
 A `Drive` holds a live FrankaKitchen-v1, the task-space controller (kitchen_lib.data.controller)
 and a world model, started from the same state. Each `step` takes a hand command ("x+", "rz-",
-"close", ...: `COMMANDS`) or a raw (k, 9) action chunk. A hand command moves the controller's target
-pose, and the controller turns it into the k actions; the real env takes them and its frame is
-rendered as the model's training frames were; the dream predicts its next frame from its *own*
-earlier frames, given the same actions. Both frames and the PSNR between them come back, so the
+"close", ...: kitchen_lib.inference.commands) or a raw (k, 9) action chunk. A hand command moves the
+controller's target pose, and the controller turns it into the k actions; the real env takes them
+and its frame is rendered as the model's training frames were; the dream predicts its next frame
+from its *own* earlier frames, given the same actions. Both frames and the PSNR between them come back, so the
 divergence can be watched as it grows, and `resync` hands the dream the truth again.
 
 What the dream is told besides its own frames: the actions (what the learner commanded) and the
@@ -27,75 +27,15 @@ from kitchen_lib.data.controller import Controller, ExpertConfig, Waypoint
 from kitchen_lib.data.datasets import Episode as RecordedEpisode
 from kitchen_lib.data.datasets import load_episode
 from kitchen_lib.data.examples import ACTION_DIM
+from kitchen_lib.data.generate import recorded_policy
 from kitchen_lib.data.kitchen import OBS_DIM, make_env, state_from_observation
 from kitchen_lib.data.render import KitchenRenderer
+from kitchen_lib.inference.commands import COMMANDS, next_target
 from kitchen_lib.inference.metrics import capped_psnr
 from kitchen_lib.inference.predictor import Predictor, pairs_for
 from kitchen_lib.model.samplers import SamplerConfig
 
-MOVE_M = 0.04  # a move command shifts the hand's target 4 cm: within one chunk's reach (k=5 at 3 cm a step)
-TURN_RAD = 0.25  # a turn command turns it about 14 degrees (the controller turns up to 0.15 rad a step)
-# How far the target may be ahead of the hand before a command adds to it (free, the hand ends a step
-# within about 1 cm of it). A hand held back by its reach, a limit or an object would otherwise let
-# presses pile up, and the opposite command would seem dead for as many presses.
-MAX_LEAD = 0.05  # m
-MAX_TURN_LEAD = 0.3  # rad
 MAX_EPISODE_STEPS = 100_000  # the env's time limit: a learner drives as long as they like
-
-
-@dataclass(frozen=True)
-class HandCommand:
-    """One button: a move of the hand's target (m, world axes), a turn (a rotation vector in rad,
-    world axes: one axis or several), and the gripper (+1 open, -1 closed, None: as it is)."""
-
-    move: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    turn: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    grip: float | None = None
-    label: str = ""
-
-
-def _axis(i: int, size: float) -> tuple[float, float, float]:
-    v = [0.0, 0.0, 0.0]
-    v[i] = size
-    return (v[0], v[1], v[2])
-
-
-# World axes as the kitchen has them: x to the robot's right, y forward (away from the robot), z up.
-# A hand pointing forward (the expert's FORWARD) rolls about y.
-COMMANDS: dict[str, HandCommand] = {
-    "x+": HandCommand(move=_axis(0, MOVE_M), label="right (+x)"),
-    "x-": HandCommand(move=_axis(0, -MOVE_M), label="left (-x)"),
-    "y+": HandCommand(move=_axis(1, MOVE_M), label="forward (+y)"),
-    "y-": HandCommand(move=_axis(1, -MOVE_M), label="back (-y)"),
-    "z+": HandCommand(move=_axis(2, MOVE_M), label="up (+z)"),
-    "z-": HandCommand(move=_axis(2, -MOVE_M), label="down (-z)"),
-    "rx+": HandCommand(turn=_axis(0, TURN_RAD), label="tilt about x (+)"),
-    "rx-": HandCommand(turn=_axis(0, -TURN_RAD), label="tilt about x (-)"),
-    "ry+": HandCommand(turn=_axis(1, TURN_RAD), label="roll about y (+)"),
-    "ry-": HandCommand(turn=_axis(1, -TURN_RAD), label="roll about y (-)"),
-    "rz+": HandCommand(turn=_axis(2, TURN_RAD), label="turn about z (+)"),
-    "rz-": HandCommand(turn=_axis(2, -TURN_RAD), label="turn about z (-)"),
-    "open": HandCommand(grip=1.0, label="open the gripper"),
-    "close": HandCommand(grip=-1.0, label="close the gripper"),
-}
-
-
-def rotation(vector: np.ndarray) -> np.ndarray:
-    """The 3x3 rotation about `vector`'s direction by its length in rad (Rodrigues)."""
-    v = np.asarray(vector, float)
-    angle = float(np.linalg.norm(v))
-    if angle == 0.0:
-        return np.eye(3)
-    x, y, z = v / angle
-    K = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
-    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
-
-
-def rotation_vector(R: np.ndarray) -> np.ndarray:
-    """The inverse of `rotation` for turns under pi: the rotation vector (rad) of a 3x3 rotation."""
-    angle = float(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0)))
-    skew = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    return skew * (0.5 if angle < 1e-6 else angle / (2 * np.sin(angle)))
 
 
 @dataclass
@@ -136,7 +76,8 @@ class Drive:
     def __init__(self, predictor: Predictor, seed: int = 0, sampler: SamplerConfig | None = None) -> None:
         if not predictor.conditioning.actions:
             raise UserError("driving needs a world model, one that is told the actions: this one predicts from frames "
-                            "alone. Train one with `python -m kitchen_lib train --preset cpu-world` (or run quickstart)")
+                            "alone. Train the one made for driving with `python -m kitchen_lib train --preset cpu-drive` (20 "
+                            "minutes; quickstart's cpu-world drives too, but has seen only the expert's motions)")
         self.predictor = predictor
         self.sampler = sampler or predictor.sampler
         self.k = predictor.k
@@ -264,15 +205,8 @@ class Drive:
             raise UserError(f"unknown hand command {name!r}: choose one of {', '.join(COMMANDS)}, or pass a ({self.k}, 9) "
                             f"action chunk")
         cmd = COMMANDS[name]
-        hand = self.controller.hand_pos
-        lead = self.target_pos - hand
-        if np.linalg.norm(lead) > MAX_LEAD:  # held back: start the move from near where the hand is
-            self.target_pos = hand + lead * (MAX_LEAD / np.linalg.norm(lead))
-        turn_lead = rotation_vector(self.target_rot @ self.controller.hand_rot.T)
-        if np.linalg.norm(turn_lead) > MAX_TURN_LEAD:
-            self.target_rot = rotation(turn_lead * (MAX_TURN_LEAD / np.linalg.norm(turn_lead))) @ self.controller.hand_rot
-        self.target_pos = self.target_pos + np.asarray(cmd.move)
-        self.target_rot = rotation(cmd.turn) @ self.target_rot
+        self.target_pos, self.target_rot = next_target(cmd, self.target_pos, self.target_rot, self.controller.hand_pos,
+                                                       self.controller.hand_rot)
         if cmd.grip is not None:
             self.grip = cmd.grip
         waypoint = Waypoint(self.target_pos, self.target_rot, self.grip)
@@ -333,8 +267,13 @@ class Drive:
         self.close()
 
 
-def held_out_episode(predictor: Predictor, which: int = 0) -> RecordedEpisode:
-    """A test-split episode of the model's own dataset (never trained on), for "replay the expert"."""
+def held_out_episode(predictor: Predictor, which: int = 0, policy: str = "expert") -> RecordedEpisode:
+    """A test-split episode of the model's own data (never trained on) recorded by `policy` (of a
+    model trained on several datasets, one of the expert's for "replay the expert"), from its own
+    dataset; any test episode if none is `policy`'s."""
     cache = pairs_for(predictor)
-    test = cache.meta["splits"]["test"]
-    return load_episode(predictor.config.data.dataset, int(test[which % len(test)]))
+    own = cache.meta["config"]["dataset"]
+    test = [e for e in cache.meta["episodes"] if e["split"] == "test"]
+    mine = [e for e in test if recorded_policy(e.get("dataset", own)) == policy] or test
+    e = mine[which % len(mine)]
+    return load_episode(e.get("dataset", own), int(e.get("dataset_index", e["index"])))

@@ -85,14 +85,19 @@ def rollout_episode(predictor: Predictor, cache: PairsCache, episode: int, start
 
 
 def mean_rollouts(predictor: Predictor, cache: PairsCache, split: str = "test", starts: int = 8, horizon: int = 10,
-                  sampler: SamplerConfig | None = None, progress: bool = True) -> dict:
+                  sampler: SamplerConfig | None = None, progress: bool = True, dataset: str | None = None) -> dict:
     """Mean PSNR per rollout step over `starts` evenly spread starts in every episode of a split
-    (recorded actions), beside holding the start frame still: {"rollouts", "horizon", "psnr",
-    "hold_psnr", "beats_hold_every_step"}, lists of `horizon` numbers (step 1 first)."""
+    (of one of the cache's joined datasets if `dataset` names one; recorded actions), beside holding
+    the start frame still: {"rollouts", "horizon", "psnr", "hold_psnr", "beats_hold_every_step"},
+    lists of `horizon` numbers (step 1 first)."""
     from tqdm.auto import tqdm
 
     jobs = []
-    for ep in cache.meta["splits"][split]:
+    episodes = cache.meta["splits"][split]
+    if dataset is not None:
+        mine = set(cache.episodes_of(dataset))  # raises, naming the cache's datasets, for another id
+        episodes = [ep for ep in episodes if ep in mine]
+    for ep in episodes:
         last = len(cache.episode_frames(ep)) - 1 - horizon * predictor.k
         jobs += [(ep, int(s)) for s in np.linspace(0, last, starts).astype(int)] if last >= 0 else []
     if not jobs:

@@ -2,7 +2,8 @@
 
 The current frame (and a world model's N past frames) are stacked with the noisy future frame on
 the channel axis: the network sees them all at every pixel from the first layer. Every res block
-gets the time embedding (sinusoidal features of t through an MLP), which a world model's vector joins.
+gets the time embedding (sinusoidal features of t through an MLP), which a world model's vector joins
+(kitchen_lib.model.conditioning).
 
     input  (B, (2+N)C, H, W) --conv--> base channels
     down   per level: res blocks (+ attention at chosen levels), then halve H, W
@@ -22,6 +23,7 @@ from torch import nn
 
 from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.example import NULL_ACTIONS
+from kitchen_lib.model.conditioning import VectorConditioning
 from kitchen_lib.model.layers import Conv3x3, Dropout
 
 
@@ -170,7 +172,7 @@ class Level(nn.Module):
         self.attn = nn.ModuleList(Attention(o, cfg.heads, cfg.groups) if attend else nn.Identity() for _, o in chans)
 
 
-class ConditionalUNet(nn.Module):
+class ConditionalUNet(VectorConditioning):
     """net(x_t, t, inputs) -> prediction: x_t the noisy future frame, inputs the example's tensors
     (kitchen_lib.base.example): "current" and, for a world model, "context" and "vector".
 
@@ -178,32 +180,20 @@ class ConditionalUNet(nn.Module):
     conditioning vector (actions, joint state) is normalised with statistics kept as buffers,
     projected and added to the timestep's sinusoidal features before the time MLP.
 
-    `action_slice`: where the actions sit in the vector, for a net trained with action dropout.
-    It then learns `null_actions`, a "no action" in the normalised space of that slice, which
-    replaces the actions of the rows inputs[NULL_ACTIONS] (B,) bool marks. Without it (None) the
-    net has no such parameter, so checkpoints of nets trained without dropout load unchanged."""
+    `action_slice`: where the actions sit in the vector, for a net trained with action dropout
+    (it then learns `null_actions`; kitchen_lib.model.conditioning says how they are used)."""
 
     def __init__(self, cfg: UNetConfig, image_size: int, image_channels: int, *, context_frames: int,
                  vector_dim: int, action_slice: slice | None = None) -> None:
         super().__init__()
         cfg.validate(image_size)
         self.cfg, self.image_size, self.image_channels = cfg, image_size, image_channels
-        self.context_frames, self.vector_dim, self.action_slice = context_frames, vector_dim, action_slice
-        if action_slice is not None and not 0 <= action_slice.start < action_slice.stop <= vector_dim:
-            raise ValueError(f"action_slice {action_slice} is not a part of the {vector_dim}-number vector")
+        self.context_frames = context_frames
         self.out_channels = image_channels
         emb_dim = cfg.time_mlp_dim
         self.time_mlp = nn.Sequential(nn.Linear(cfg.time_emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if vector_dim:
-            self.register_buffer("vector_mean", torch.zeros(vector_dim))
-            self.register_buffer("vector_std", torch.ones(vector_dim))
-            # Not zero-initialised: the res blocks' zero-initialised outputs (or AdaGN layers)
-            # already make the start unconditioned, and a second zero would stall its gradient.
-            self.vector_proj = nn.Linear(vector_dim, cfg.time_emb_dim)
-        # Zeros: the training split's mean action chunk, learned from there. Zeros draw nothing
-        # from the RNG, so every other layer starts as it would without the parameter.
-        self.register_parameter("null_actions", None if action_slice is None else
-                                nn.Parameter(torch.zeros(action_slice.stop - action_slice.start)))
+        # After the time MLP: the seeded initialisation draws in the order it always has.
+        self._init_vector(vector_dim, cfg.time_emb_dim, action_slice)
         folded = image_channels * cfg.patch_size**2  # channels of a frame once its patches are folded in
         self.inp = Conv3x3((2 + context_frames) * folded, cfg.base_channels)
 
@@ -248,11 +238,6 @@ class ConditionalUNet(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def set_vector_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """The training split's mean and std of the conditioning vector (kept in the checkpoint)."""
-        self.vector_mean.copy_(torch.as_tensor(mean))
-        self.vector_std.copy_(torch.as_tensor(std))
-
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """x_t (B, C, H, W); t (B,) integer steps; inputs as the class says -> (B, C, H, W)."""
         current, context, vector = inputs["current"], inputs.get("context"), inputs.get("vector")
@@ -260,10 +245,7 @@ class ConditionalUNet(nn.Module):
         self._check_inputs(x_t, current, context, vector, null)
         feats = sinusoidal_embedding(t, self.cfg.time_emb_dim)
         if self.vector_dim:
-            v = (vector - self.vector_mean) / self.vector_std
-            if null is not None:
-                v = self._without_actions(v, null)
-            feats = feats + self.vector_proj(v)
+            feats = feats + self.embed_vector(vector, null)
         emb = self.time_mlp(feats)
         x = torch.cat([x_t, current] if context is None else [x_t, context, current], dim=1)
         p = self.cfg.patch_size
@@ -288,13 +270,6 @@ class ConditionalUNet(nn.Module):
         out = self.out(h)
         return F.pixel_shuffle(out, p) if p > 1 else out  # (B, C*p*p, H/p, W/p) -> (B, C, H, W)
 
-    def _without_actions(self, v: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
-        """(B, D) normalised vectors with the actions of the rows `null` (B,) marks replaced by
-        the learned "no action"; the joint state untouched."""
-        s = self.action_slice
-        actions = torch.where(null[:, None], self.null_actions.to(v.dtype), v[:, s])  # (B, k*9)
-        return torch.cat([v[:, :s.start], actions, v[:, s.stop:]], dim=1)
-
     def _check_inputs(self, x_t, current, context, vector, null=None) -> None:
         want = (self.image_channels, self.image_size, self.image_size)
         if x_t.shape != current.shape or x_t.shape[1:] != want:
@@ -304,18 +279,11 @@ class ConditionalUNet(nn.Module):
             got = None if context is None else tuple(context.shape)
             raise ValueError(f"this model needs {self.context_frames} context frames, (B, "
                              f"{self.context_frames * self.image_channels}, H, W); got {got}")
-        if self.vector_dim and (vector is None or vector.shape[-1] != self.vector_dim):
-            got = None if vector is None else tuple(vector.shape)
-            raise ValueError(f"this model needs a conditioning vector (B, {self.vector_dim}); got {got}")
+        self._check_vector(vector)
         extra = [k for k, v, n in (("context", context, self.context_frames), ("vector", vector, self.vector_dim)) if v is not None and not n]
         if extra:  # else a frame-only net would drop them silently
             raise ValueError(f"this model takes no {' or '.join(extra)}: it was built without them")
-        if null is not None:
-            if self.null_actions is None:
-                raise ValueError("this model has no learned 'no action' to drop actions for: it was built without "
-                                 "action dropout (--action_dropout)")
-            if null.dtype != torch.bool or null.shape != (x_t.shape[0],):
-                raise ValueError(f"{NULL_ACTIONS} must be (B,) bool, one per row; got {null.dtype} {tuple(null.shape)}")
+        self._check_null(null, x_t.shape[0])
 
 
 def channels_last(model: nn.Module) -> nn.Module:

@@ -9,6 +9,8 @@ written out in `PRESETS`, so a reader sees in one place what each preset changes
     preset("seed")                    the original project's 128x128 setup, for a GPU
     preset("cpu-world")               the cpu budget as a world model: actions, joint state, past frames
     preset("smoke-world")             smoke, as a world model
+    preset("cpu-drive")               cpu-world on the expert's and exploration episodes: the model to drive
+    preset("smoke-drive")             smoke-world, likewise
     with_overrides(cfg, train={"epochs": 3})   any config with some fields replaced
 
 The model's frame size and channels are the data's (`cfg.data.size`, `cfg.data.channels`),
@@ -23,7 +25,13 @@ from pathlib import Path
 
 from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.paths import data_dir
-from kitchen_lib.data.datasets import SMOKE_DATASET_ID
+from kitchen_lib.data.datasets import (
+    EXPLORE_DATASET_ID,
+    EXPLORE_SMOKE_DATASET_ID,
+    OFFLINE_DATASET_ID,
+    SMOKE_DATASET_ID,
+    joined,
+)
 from kitchen_lib.data.examples import ConditioningConfig
 from kitchen_lib.data.generate import GenerateConfig
 from kitchen_lib.data.pairs import PairsConfig
@@ -166,7 +174,7 @@ RESUMABLE_CHANGES = {"epochs", "max_minutes", "learning_rate", "num_workers", "d
 
 _SMOKE = {
     "data": {"dataset": SMOKE_DATASET_ID, "size": 32},
-    "generate": {"episodes": 3, "max_steps": 60},
+    "generate": {"episodes": 3, "max_steps": 60, "explore_episodes": 3, "explore_max_steps": 60},
     "model": {"base_channels": 16, "channel_mults": (1, 2), "attention_levels": (1,), "time_emb_dim": 32,
               "time_mlp_dim": 64, "dropout": 0.0, "patch_size": 1},
     "diffusion": {"timestep_power": 1.0},
@@ -186,6 +194,12 @@ _WORLD = {
 }
 
 
+# What turns a world model into one to drive: exploration beside the expert (the arm anywhere,
+# the gripper, objects touched), each dataset split into train/val/test on its own. More data and
+# more kinds of motion than cpu-world's: 20 minutes (not in quickstart's 30).
+_DRIVE = {"data": {"dataset": joined(OFFLINE_DATASET_ID, EXPLORE_DATASET_ID)}, "train": {"max_minutes": 20}}
+
+
 def _combined(*diffs: dict[str, dict]) -> dict[str, dict]:
     """Preset differences applied one after another, merged per concern."""
     out: dict[str, dict] = {}
@@ -195,13 +209,19 @@ def _combined(*diffs: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+# 2x2 patches: 4x4 would leave the 32px smoke frames 8x8.
+_SMOKE_WORLD = _combined(_WORLD, _SMOKE, {"model": {"patch_size": 2}, "diffusion": {"timestep_power": 0.4}})
+
 # Each preset: what it is for, and what differs from RunConfig() (the `cpu` preset), per concern.
 PRESETS: dict[str, tuple[str, dict[str, dict]]] = {
     "cpu": ("the course's frame-only model: 64x64, 4x4 patches, 8 minutes of training on a 2-core CPU", {}),
     "smoke": ("tiny data and model that train in seconds: tests and the notebooks' smoke mode", _SMOKE),
     "cpu-world": ("the cpu recipe as a world model: the k actions, joint state and 2 past frames, 14 minutes", _WORLD),
-    "smoke-world": ("the smoke preset as a world model (tests, notebook 08's smoke mode)", _combined(
-        _WORLD, _SMOKE, {"model": {"patch_size": 2}, "diffusion": {"timestep_power": 0.4}})),  # 2x2 patches: 4x4 would leave the 32px smoke frames 8x8
+    "smoke-world": ("the smoke preset as a world model (tests, notebook 08's smoke mode)", _SMOKE_WORLD),
+    "cpu-drive": ("cpu-world trained on the expert's and exploration episodes together: the model to drive "
+                  "(notebook 09), 20 minutes", _combined(_WORLD, _DRIVE)),
+    "smoke-drive": ("the smoke-world preset on the smoke expert and exploration datasets (tests, notebook 09's smoke mode)",
+                    _combined(_SMOKE_WORLD, {"data": {"dataset": joined(SMOKE_DATASET_ID, EXPLORE_SMOKE_DATASET_ID)}})),
     "seed": ("the original project's 128x128 setup, for a GPU", {
         # The original's: frame size, U-Net (base 32, mults 1,2,3, one res block, attention at
         # 32px, time MLP 512, dropout 0.1), batch 16, learning rate 1e-4, EMA 0.999, no time limit.
