@@ -94,7 +94,8 @@ def test_exploration_episodes_differ_by_seed_and_repeat_for_a_seed(explored, env
     assert np.allclose(again.actions, records[1].actions[:50], atol=1e-6)
 
 
-def test_generate_policy_explore_through_the_cli_writes_a_dataset():
+def test_generate_policy_explore_through_the_cli_writes_a_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))  # its own store: quickstart's test makes this id too
     out = subprocess.run([sys.executable, "-m", "kitchen_lib", "generate", "--preset", "smoke", "--policy", "explore",
                           "--episodes", "3", "--max_steps", "40"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
