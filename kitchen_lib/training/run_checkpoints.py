@@ -62,7 +62,7 @@ class RunCheckpoints:
 
     def load_state_dict(self, state: dict) -> None:
         """Put a checkpoint's state back, into a Trainer set up for the run that wrote it (a resume
-        checks the configs first: kitchen_lib.training.config.check_resumable)."""
+        checks the configs first: kitchen_lib.training.resume_check.check_resumable)."""
         self.model.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from kitchen_lib.base.locks import clean_stale
-from kitchen_lib.training.config import RunConfig, check_resumable
+from kitchen_lib.training.config import RunConfig
+from kitchen_lib.training.resume_check import check_resumable
 from kitchen_lib.training.runs import checkpoints_to_replace, load_resumable
 
 
