@@ -119,6 +119,25 @@ def test_residual_diffusion_recovers_the_future_frame_with_an_oracle(prediction)
     assert not torch.allclose(DDIM(5, 0.0)(d, oracle(d, future), inputs, generator=g), future, atol=0.1)
 
 
+@pytest.mark.parametrize("residual", [True, False])
+def test_data_scale_diffuses_a_scaled_sample_and_gives_the_frame_back(residual):
+    d = Diffusion(DiffusionConfig(residual=residual, data_scale=7.0))
+    g = torch.Generator().manual_seed(5)
+    current = torch.rand((2, 3, 8, 8), generator=g) * 1.8 - 0.9
+    future = (current + 0.3 * torch.randn(current.shape, generator=g)).clamp(-1, 1)
+    inputs = {"current": current}
+    x0 = d.to_x0(future, current)
+    assert torch.allclose(x0, 7.0 * (future - current if residual else future))
+    assert torch.allclose(d.to_frame(x0, current), future, atol=1e-6)
+    assert torch.allclose(DDIM(5, 0.0)(d, oracle(d, x0), inputs, generator=g), future, atol=1e-3)
+    # Estimates are clipped to what a frame can take in the scaled units: far above, the top (a
+    # bound in frame units would give current + (1 - current) / 7, or 1 / 7).
+    _, clipped, _ = d.estimate(lambda x, t, i: x0 + 100.0, torch.zeros_like(x0), 999, inputs)
+    assert torch.allclose(d.to_frame(clipped, current), torch.ones_like(current))
+    with pytest.raises(ValueError, match="data_scale"):
+        DiffusionConfig(data_scale=0.0).validate()
+
+
 @pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
 def test_min_snr_weights_the_x0_error_by_min_snr_gamma(prediction):
     """Whatever the target, the weighted loss equals min(SNR_t, gamma) * ||x0_hat - x0||^2."""

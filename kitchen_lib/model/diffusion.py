@@ -15,6 +15,10 @@ Two options change what is diffused and how it is weighted:
     residual       diffuse the change (future - current) instead of the future frame. Most of a
                    kitchen frame does not move in k steps, so the change is mostly zero and an
                    untrained network already predicts "copy the frame"; it learns only motion.
+    data_scale     multiply what is diffused by this (latent diffusion's scale factor, EDM's
+                   sigma_data in reverse): the change of a kitchen frame in k steps has a standard
+                   deviation of about 0.14, so at data_scale 1 even t = T/2 leaves it 50 times
+                   weaker than the noise; about 7 gives it unit variance, as the schedule assumes.
     loss_weighting "min_snr" (Hang et al. 2023) weights each timestep's loss by
                    min(SNR_t, gamma) expressed for the chosen target, so the many nearly noise-free
                    steps do not dominate training.
@@ -56,6 +60,7 @@ class DiffusionConfig:
     beta_end: float = 0.02  # linear schedule only
     prediction: str = "x0"  # what the network predicts: "eps", "v" or "x0"
     residual: bool = True  # diffuse (future - current frame) rather than the future frame
+    data_scale: float = 1.0  # what is diffused, times this (see the module's docstring)
     loss_weighting: str = "none"  # "none" or "min_snr"
     min_snr_gamma: float = 5.0
     # Training timesteps t = T * u**timestep_power, u uniform: 1 is uniform, below 1 trains more
@@ -73,6 +78,8 @@ class DiffusionConfig:
             raise UserError(f"--min_snr_gamma must be positive (got {self.min_snr_gamma})")
         if not 0 < self.timestep_power <= 4:
             raise UserError(f"--timestep_power must be in (0, 4] (got {self.timestep_power})")
+        if not (math.isfinite(self.data_scale) and self.data_scale > 0):
+            raise UserError(f"--data_scale must be a positive number (got {self.data_scale})")
         if self.timesteps < 2:
             raise UserError(f"--timesteps must be at least 2 (got {self.timesteps})")
         if not 0 < self.beta_start < self.beta_end < 1:
@@ -181,17 +188,19 @@ class Diffusion:
 
     def to_x0(self, future: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """The clean sample the process diffuses for this (future, current) pair."""
-        return future - current if self.cfg.residual else future
+        return (future - current if self.cfg.residual else future) * self.cfg.data_scale
 
     def to_frame(self, x0: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """Back from the diffused sample to a future frame in [-1, 1]."""
+        x0 = x0 / self.cfg.data_scale
         return (x0 + current if self.cfg.residual else x0).clamp(-1, 1)
 
     def _clip_x0(self, x0: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """Keep x0 estimates to values a frame can take (for a residual, -1 <= current + x0 <= 1)."""
+        s = self.cfg.data_scale
         if self.cfg.residual:
-            return torch.maximum(torch.minimum(x0, 1 - current), -1 - current)
-        return x0.clamp(-1, 1)
+            return torch.maximum(torch.minimum(x0, (1 - current) * s), (-1 - current) * s)
+        return x0.clamp(-s, s)
 
     # --- what the samplers share --------------------------------------------------------
 
