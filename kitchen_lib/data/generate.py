@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,16 +263,31 @@ def _checked_policy(dataset_id: str, policy: str | None) -> str:
     return policy
 
 
-def ensure_dataset(dataset_id: str, size: GenerateConfig = GenerateConfig(), progress: bool = True) -> str:
+def generate_part(part: str, size: GenerateConfig = GenerateConfig(), policy: str | None = None,
+                  overwrite: bool = False, progress: bool = True) -> GenerateReport:
+    """Generate one of our datasets with `policy` (default: the one it holds, policy_for; others
+    size.policy) at that policy's size in `size`: the one step every way of making data shares."""
+    policy = policy or policy_for(part, size.policy)
+    episodes, max_steps = size.size(policy)
+    return generate_dataset(part, episodes=episodes, seed=size.seed, max_steps=max_steps, overwrite=overwrite,
+                            progress=progress, policy=policy)
+
+
+def ensure_dataset(dataset_id: str, size: GenerateConfig = GenerateConfig(), progress: bool = True,
+                   log: Callable[[str], None] | None = None) -> str:
     """Generate each of our datasets a setting names (one id, or several joined by "+") that is not
-    in the store yet, each with its own policy (policy_for; others with size.policy), for
-    notebooks and the CLI. A missing D4RL part raises the how-to-download error."""
-    for part in dataset_parts(dataset_id):
+    in the store yet, each with its own policy (generate_part), for quickstart, the notebooks and
+    the CLI; `log` hears what was reused and what was written. A missing D4RL part raises the
+    how-to-download error."""
+    parts = dataset_parts(dataset_id)
+    for part in parts:
         if is_local(part):
+            if log:
+                log(f"{part + ': ' if len(parts) > 1 else ''}already in the Minari store")
             continue
         if part in D4RL_DATASET_IDS:
             open_dataset(part)  # raises the how-to-download error
-        policy = policy_for(part, size.policy)
-        episodes, max_steps = size.size(policy)
-        generate_dataset(part, episodes=episodes, seed=size.seed, max_steps=max_steps, progress=progress, policy=policy)
+        report = generate_part(part, size, progress=progress)
+        if log:
+            log(f"wrote {part}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
     return dataset_id

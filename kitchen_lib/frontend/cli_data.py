@@ -8,11 +8,12 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 
 from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.datasets import DatasetError, open_dataset, open_datasets
-from kitchen_lib.data.generate import generate_dataset
+from kitchen_lib.data.generate import generate_part
 from kitchen_lib.frontend import flags
 
 
@@ -29,18 +30,18 @@ def cmd_generate(a: argparse.Namespace) -> None:
         typed = "random"
     # No --dataset: the preset's, or where the policy asked for writes (exploration: its own dataset).
     dataset = cfg.data.dataset if "data.dataset" in vars(a) or typed is None else default_dataset(typed, cfg.data.dataset)
+    # --episodes / --max_steps typed on the command line mean an exploration dataset's size too
+    # (the presets keep the two apart: GenerateConfig.explore_episodes).
+    typed_size = flags.given(a, "generate")
+    g = replace(g, explore_episodes=typed_size.get("episodes", g.explore_episodes),
+                explore_max_steps=typed_size.get("max_steps", g.explore_max_steps))
     parts = dataset_parts(dataset)
     for part in parts:
         if len(parts) > 1 and is_local(part) and not a.overwrite:
             print(f"{part}: already in the Minari store")
             continue
         policy = typed or policy_for(part, g.policy)
-        episodes, max_steps = g.size(policy)
-        if policy == "explore":  # --episodes / --max_steps typed for an exploration dataset mean it
-            episodes = flags.given(a, "generate").get("episodes", episodes)
-            max_steps = flags.given(a, "generate").get("max_steps", max_steps)
-        report = generate_dataset(part, episodes=episodes, seed=g.seed, max_steps=max_steps,
-                                  overwrite=a.overwrite, policy=policy)
+        report = generate_part(part, g, policy=policy, overwrite=a.overwrite)
         print(f"wrote {report.dataset_id}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
         if policy == "expert":
             print("tasks completed (share of episodes): " + ", ".join(f"{t} {r:.0%}" for t, r in report.success_rates().items()))

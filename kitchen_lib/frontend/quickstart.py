@@ -18,8 +18,8 @@ from kitchen_lib.base.images import label_columns, save_png
 from kitchen_lib.base.paths import atomic_path
 from kitchen_lib.data.cache import PairsCache
 from kitchen_lib.data.cache_builder import build_pairs
-from kitchen_lib.data.datasets import dataset_parts, is_local
-from kitchen_lib.data.generate import generate_dataset, policy_for
+from kitchen_lib.data.datasets import dataset_parts, joined
+from kitchen_lib.data.generate import ensure_dataset
 from kitchen_lib.inference.baselines import copy_baseline
 from kitchen_lib.inference.evaluate import evaluate
 from kitchen_lib.inference.predictor import Predictor, load_predictor, prediction_grid
@@ -61,15 +61,7 @@ def quickstart(smoke: bool = False, log: Callable[[str], None] = print) -> dict:
     extra = [preset(name) for name in (SMOKE_DATA_ONLY if smoke else DATA_ONLY)]
     parts = list(dict.fromkeys(p for c in cfgs + extra for p in dataset_parts(c.data.dataset)))
     log(f"== 1/5 datasets {', '.join(parts)}")
-    for part in parts:  # each made with its own policy if missing
-        if is_local(part):
-            log(f"{part + ': ' if len(parts) > 1 else ''}already in the Minari store")
-            continue
-        g = first.generate
-        policy = policy_for(part, g.policy)
-        episodes, max_steps = g.size(policy)
-        report = generate_dataset(part, episodes=episodes, seed=g.seed, max_steps=max_steps, policy=policy)
-        log(f"wrote {part}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
+    ensure_dataset(joined(*parts), first.generate, log=log)  # each made with its own policy if missing
     t0 = done("dataset", started)
     log(f"== 2/5 frame pairs (k={first.data.k}, {first.data.size}px)")
     cache = build_pairs(first.data, root=first.root() / "pairs", progress=True)
