@@ -23,50 +23,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 
 from kitchen_lib.base.errors import UserError  # noqa: E402
 from kitchen_lib.base.paths import atomic_path, data_dir  # noqa: E402
-from kitchen_lib.data.cache import PairsCache  # noqa: E402
 from kitchen_lib.data.generate import recorded_policy  # noqa: E402
-from kitchen_lib.inference.predictor import Predictor, load_predictor, pairs_for  # noqa: E402
-from kitchen_lib.inference.rollout import rollout_episode  # noqa: E402
+from kitchen_lib.inference.predictor import load_predictor, pairs_for  # noqa: E402
+from kitchen_lib.inference.rollout import mean_rollouts  # noqa: E402
 from kitchen_lib.training.runs import default_run_dir  # noqa: E402
 
 COLUMNS = ["model", "dataset", "rollouts", "horizon", "psnr_first", "psnr_last", "hold_last", "worst_margin",
            "falls_to_hold_at", "share_beating_hold"]
-
-
-def starts_of(cache: PairsCache, dataset: str, splits: list[str], horizon: int, starts: int) -> list[tuple[int, int]]:
-    """(episode, start step) pairs: `starts` evenly spread in each held-out episode of `dataset`
-    long enough for `horizon` jumps of k."""
-    mine = set(cache.episodes_of(dataset))
-    jobs = []
-    for split in splits:
-        for ep in cache.meta["splits"][split]:
-            last = len(cache.episode_frames(ep)) - 1 - horizon * cache.k
-            if ep in mine and last >= 0:
-                jobs += [(int(ep), int(s)) for s in np.linspace(0, last, starts).astype(int)]
-    return jobs
-
-
-def horizon_scores(predictor: Predictor, cache: PairsCache, jobs: list[tuple[int, int]], horizon: int,
-                   progress: bool = True) -> dict:
-    """Mean PSNR per rollout step (1..horizon) of the model and of holding the start frame, over `jobs`."""
-    from tqdm.auto import tqdm
-
-    runs = [rollout_episode(predictor, cache, ep, s, horizon, seed=s)
-            for ep, s in tqdm(jobs, desc="rollouts", disable=not progress, leave=False)]
-    model = np.array([r.psnr[1:] for r in runs])  # (rollouts, horizon)
-    hold = np.array([r.hold_psnr[1:] for r in runs])
-    mean, mean_hold = model.mean(0), hold.mean(0)
-    below = np.flatnonzero(mean <= mean_hold)
-    return {"rollouts": len(runs), "horizon": horizon, "psnr": mean.tolist(), "hold_psnr": mean_hold.tolist(),
-            "worst_margin": float((mean - mean_hold).min()),
-            "falls_to_hold_at": int(below[0]) + 1 if len(below) else None,
-            "share_beating_hold": float(np.mean(np.all(model > hold, axis=1))),
-            "starts": [list(j) for j in jobs]}
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -116,11 +83,8 @@ def main() -> None:
         results: dict[str, dict] = {name: {} for name in preds}
         for ds in cache.datasets:
             n = horizons.get(recorded_policy(ds), next(iter(horizons.values())))
-            jobs = starts_of(cache, ds, a.splits, n, a.starts)
-            if not jobs:
-                raise UserError(f"no held-out episode of {ds} is long enough for {n} rollout steps")
-            for name, p in preds.items():
-                results[name][ds] = horizon_scores(p, cache, jobs, n)
+            for name, p in preds.items():  # the same starts and seeds for every model
+                results[name][ds] = mean_rollouts(p, cache, a.splits, a.starts, n, dataset=ds)
     except (UserError, ValueError) as e:
         sys.exit(f"error: {e}")
     rows = [{"model": name, "dataset": ds.split("/")[-1], "rollouts": s["rollouts"], "horizon": s["horizon"],

@@ -256,33 +256,53 @@ def test_notebooks_show_a_runs_last_weights(tmp_path, monkeypatch):
 
 
 def test_rollout_horizons_per_dataset_against_holding_the_start_frame(models, small_pairs, small_dataset):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from kitchen_lib.base.errors import UserError
     from kitchen_lib.inference.rollout import mean_rollouts, rollout_episode
 
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("horizons_bench", bench / "horizons.py")
-    horizons = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(horizons)
-
     p = load_predictor(models[0])
-    jobs = horizons.starts_of(small_pairs, small_dataset, ["val", "test"], horizon=4, starts=2)
+    s = mean_rollouts(p, small_pairs, ["val", "test"], 2, 4, progress=False)
+    jobs = [tuple(j) for j in s["starts"]]
     held_out = small_pairs.meta["splits"]["val"] + small_pairs.meta["splits"]["test"]
     assert len(jobs) == 2 * len(held_out) and {ep for ep, _ in jobs} == set(held_out)
-    s = horizons.horizon_scores(p, small_pairs, jobs, 4, progress=False)
     runs = [rollout_episode(p, small_pairs, ep, start, 4, seed=start) for ep, start in jobs]
     assert np.allclose(s["psnr"], np.mean([r.psnr[1:] for r in runs], axis=0))
     assert np.allclose(s["hold_psnr"], np.mean([r.hold_psnr[1:] for r in runs], axis=0))
     margin = np.array(s["psnr"]) - np.array(s["hold_psnr"])
     assert s["worst_margin"] == pytest.approx(margin.min())
     assert s["falls_to_hold_at"] == (int(np.flatnonzero(margin <= 0)[0]) + 1 if (margin <= 0).any() else None)
-    assert 0 <= s["share_beating_hold"] <= 1
+    assert s["beats_hold_every_step"] == (s["falls_to_hold_at"] is None)
+    beat_every_step = np.mean([np.all(np.array(r.psnr[1:]) > np.array(r.hold_psnr[1:])) for r in runs])
+    assert s["share_beating_hold"] == pytest.approx(beat_every_step)
     # mean_rollouts on one dataset of the cache: here its only one, so the same as the whole split
     assert mean_rollouts(p, small_pairs, "test", 2, 3, dataset=small_dataset, progress=False) == \
         mean_rollouts(p, small_pairs, "test", 2, 3, progress=False)
     with pytest.raises(UserError, match="not one of this cache's datasets"):
         mean_rollouts(p, small_pairs, "test", 2, 3, dataset="kitchen-diffusion/other-v0", progress=False)
+
+
+def test_error_map_classes_cover_each_frame_and_copy_errs_only_where_it_changes(models, small_pairs):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("error_map_bench", bench / "error_map.py")
+    em = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(em)
+
+    p = load_predictor(models[0])
+    model, copy = (em.error_map(p, 12, None, near=2, batch=5, copy=c) for c in (False, True))
+    for r in (model, copy):
+        assert r["pairs"] == 12 and sum(c["pixels"] for c in r["classes"].values()) == 12 * 32 * 32
+        assert sum(c["share_of_error"] for c in r["classes"].values()) == pytest.approx(1)
+    assert copy["classes"]["still, near motion"]["mse"] == copy["classes"]["still, far"]["mse"] == 0
+    assert model["classes"]["moving"]["pixels"] == copy["classes"]["moving"]["pixels"] > 0
+    # The classes' squared errors add up to the frames' mean squared error, as PSNR sees it.
+    cache = pairs_for(p)
+    inputs = p.inputs(cache, cache.select("test", 12))
+    truth = inputs["future"].astype(np.float64) / 255
+    pred = np.concatenate([p.predict({k: v[i : i + 5] for k, v in inputs.items()}, seed=i) for i in range(0, 12, 5)])
+    whole = np.mean(((pred.astype(np.float64) / 255 - truth) ** 2).mean(-1))
+    classes = sum(c["mse"] * c["pixels"] for c in model["classes"].values()) / (12 * 32 * 32)
+    assert classes == pytest.approx(whole, rel=1e-9)

@@ -7,6 +7,7 @@ believable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,30 +85,46 @@ def rollout_episode(predictor: Predictor, cache: PairsCache, episode: int, start
     return rollout(predictor, source, start, horizon, sampler, seed)
 
 
-def mean_rollouts(predictor: Predictor, cache: PairsCache, split: str = "test", starts: int = 8, horizon: int = 10,
-                  sampler: SamplerConfig | None = None, progress: bool = True, dataset: str | None = None) -> dict:
-    """Mean PSNR per rollout step over `starts` evenly spread starts in every episode of a split
-    (of one of the cache's joined datasets if `dataset` names one; recorded actions), beside holding
-    the start frame still: {"rollouts", "horizon", "psnr", "hold_psnr", "beats_hold_every_step"},
-    lists of `horizon` numbers (step 1 first)."""
+def rollout_starts(cache: PairsCache, episodes: list[int], horizon: int, starts: int) -> list[tuple[int, int]]:
+    """(episode, start step): `starts` evenly spread starts in each of `episodes` long enough for
+    `horizon` jumps of the cache's k."""
+    jobs = []
+    for ep in episodes:
+        last = len(cache.episode_frames(ep)) - 1 - horizon * cache.k
+        jobs += [(int(ep), int(s)) for s in np.linspace(0, last, starts).astype(int)] if last >= 0 else []
+    return jobs
+
+
+def mean_rollouts(predictor: Predictor, cache: PairsCache, split: str | Sequence[str] = "test", starts: int = 8,
+                  horizon: int = 10, sampler: SamplerConfig | None = None, progress: bool = True,
+                  dataset: str | None = None) -> dict:
+    """Rollouts on recorded actions from `starts` evenly spread starts in every episode of a split
+    (or several; of one of the cache's joined datasets if `dataset` names one), beside holding the
+    start frame still. Lists of `horizon` numbers, step 1 first: "psnr" and "hold_psnr" (means per
+    step); "worst_margin" (of the means), "falls_to_hold_at" (the first step whose mean is not
+    above hold's, None for never), "share_beating_hold" (single rollouts above hold at every
+    step), "beats_hold_every_step", "rollouts", "horizon" and "starts" (the (episode, step) pairs)."""
     from tqdm.auto import tqdm
 
-    jobs = []
-    episodes = cache.meta["splits"][split]
+    splits = [split] if isinstance(split, str) else list(split)
+    episodes = [ep for sp in splits for ep in cache.meta["splits"][sp]]
     if dataset is not None:
         mine = set(cache.episodes_of(dataset))  # raises, naming the cache's datasets, for another id
         episodes = [ep for ep in episodes if ep in mine]
-    for ep in episodes:
-        last = len(cache.episode_frames(ep)) - 1 - horizon * predictor.k
-        jobs += [(ep, int(s)) for s in np.linspace(0, last, starts).astype(int)] if last >= 0 else []
+    jobs = rollout_starts(cache, episodes, horizon, starts)
     if not jobs:
-        raise UserError(f"no {split} episode is long enough for {horizon} rollout steps of k={predictor.k}")
+        raise UserError(f"no {'/'.join(splits)} episode{' of ' + dataset if dataset else ''} is long enough for "
+                        f"{horizon} rollout steps of k={cache.k}")
     runs = [rollout_episode(predictor, cache, ep, s, horizon, sampler, seed=s)
             for ep, s in tqdm(jobs, desc="rollouts", disable=not progress, leave=False)]
-    model = np.mean([r.psnr for r in runs], axis=0)[1:]
-    hold = np.mean([r.hold_psnr for r in runs], axis=0)[1:]
-    return {"rollouts": len(runs), "horizon": horizon, "psnr": model.tolist(), "hold_psnr": hold.tolist(),
-            "beats_hold_every_step": bool(np.all(model > hold))}
+    model = np.array([r.psnr[1:] for r in runs])  # (rollouts, horizon)
+    hold = np.array([r.hold_psnr[1:] for r in runs])
+    mean, mean_hold = model.mean(0), hold.mean(0)
+    below = np.flatnonzero(mean <= mean_hold)
+    return {"rollouts": len(runs), "horizon": horizon, "psnr": mean.tolist(), "hold_psnr": mean_hold.tolist(),
+            "beats_hold_every_step": not len(below), "worst_margin": float((mean - mean_hold).min()),
+            "falls_to_hold_at": int(below[0]) + 1 if len(below) else None,
+            "share_beating_hold": float(np.mean(np.all(model > hold, axis=1))), "starts": [list(j) for j in jobs]}
 
 
 def save_animation(frames: np.ndarray, path: str | Path, fps: float = 4.0, scale: int = 2) -> Path:
