@@ -1,6 +1,6 @@
 """How close to the machine: the training step's arithmetic rate against this CPU's fp32 peak.
 
-    python bench/flops.py [--presets cpu cpu-world] [--steps 8]
+    python bench/flops.py [--presets cpu cpu-world] [--steps 8] [--bf16]
 
 For each preset: the FLOPs of one training step per sample (forward and backward of the
 network, counted by torch.utils.flop_counter.FlopCounterMode: convolutions, matmuls and
@@ -10,8 +10,12 @@ batch: the same arithmetic as the Trainer's step, without its data loading), and
 Trainer, times the samples a second it reached in bench/results/quickstart.json.
 
 The peak is cores x clock x FLOPs a cycle: 2 FMA units x 8 fp32 lanes (AVX2, 256 bits) x 2 for
-an x86 core with FMA and AVX2, 4 x 16 x 2 with AVX-512 (Intel server cores), at the clock
+an x86 core with FMA and AVX2, 2 x 16 x 2 with AVX-512 (Intel server cores), at the clock
 /proc/cpuinfo reports (the base clock; turbo can run higher, so the fraction is an upper bound).
+
+--bf16 also times each step under bf16 autocast (TrainConfig.cpu_bf16), against the bf16 peak of
+the CPU's matrix units where it has them (AMX: 16 x 32 x 16 bf16 products a tile op, 1,024 FMAs
+a cycle a core; else AVX512-BF16: 2 x 32 x 2 a cycle).
 
 Prints a table and writes bench/results/flops.json. About a minute.
 """
@@ -49,8 +53,11 @@ def cpu_peak() -> dict:
         per_cycle, isa = 4 * 2, "SSE"  # no FMA: a mul and an add of 4 lanes a cycle
     cores = torch.get_num_threads()
     ghz = (max(mhz) if mhz else 0.0) / 1000
+    bf16 = 1024 * 2 if "amx_bf16" in flags else 2 * 32 * 2 if "avx512_bf16" in flags else None
     return {"cpu": model, "isa": isa, "flops_per_cycle_per_core": per_cycle, "cores": cores, "ghz": ghz,
-            "peak_gflops": cores * ghz * per_cycle}
+            "peak_gflops": cores * ghz * per_cycle,
+            "bf16_isa": "AMX" if "amx_bf16" in flags else "AVX512-BF16" if bf16 else None,
+            "bf16_peak_gflops": cores * ghz * bf16 if bf16 else None}
 
 
 def fake_batch(rc) -> dict[str, torch.Tensor]:
@@ -65,7 +72,7 @@ def fake_batch(rc) -> dict[str, torch.Tensor]:
     return batch
 
 
-def measure(name: str, steps: int) -> dict:
+def measure(name: str, steps: int, bf16: bool = False) -> dict:
     rc = preset(name)
     torch.manual_seed(0)
     model = build_model(rc)
@@ -80,7 +87,8 @@ def measure(name: str, steps: int) -> dict:
     opt.zero_grad(set_to_none=True)
 
     def step() -> None:
-        loss = model.loss(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.net.parameters(), rc.train.grad_clip)
@@ -96,7 +104,7 @@ def measure(name: str, steps: int) -> dict:
     times.sort()
     median = times[len(times) // 2]
     b = rc.train.batch_size
-    return {"preset": name, "batch": b, "parameters": sum(p.numel() for p in model.net.parameters()),
+    return {"preset": name + (" (bf16)" if bf16 else ""), "bf16": bf16, "batch": b, "parameters": sum(p.numel() for p in model.net.parameters()),
             "gflop_per_sample": flops / b / 1e9, "step_seconds_median": median, "step_seconds_best": times[0],
             "samples_per_second": b / median, "gflops": flops / median / 1e9}
 
@@ -117,27 +125,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["cpu", "cpu-world"], choices=sorted(PRESETS))
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per preset (the median is used)")
+    ap.add_argument("--bf16", action="store_true", help="also time each step under bf16 autocast")
     a = ap.parse_args()
     peak = cpu_peak()
     res = {"machine": machine(), "peak": peak, "threads": torch.get_num_threads(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "presets": []}
-    for name in a.presets:
-        r = measure(name, a.steps)
-        r["fraction_of_peak"] = r["gflops"] / peak["peak_gflops"] if peak["peak_gflops"] else None
-        rate = trainer_rate(name)
+    for name, bf16 in [(n, b) for n in a.presets for b in ((False, True) if a.bf16 else (False,))]:
+        r = measure(name, a.steps, bf16)
+        top = peak["bf16_peak_gflops"] if bf16 else peak["peak_gflops"]
+        r["fraction_of_peak"] = r["gflops"] / top if top else None
+        rate = None if bf16 else trainer_rate(name)  # the quickstart's Trainer ran fp32
         if rate is not None:
             r["trainer_samples_per_second"] = rate
             r["trainer_gflops"] = rate * r["gflop_per_sample"]
             r["trainer_fraction_of_peak"] = r["trainer_gflops"] / peak["peak_gflops"] if peak["peak_gflops"] else None
         res["presets"].append(r)
-        print(f"{name}: {r['gflop_per_sample']:.3f} GFLOP a sample, {r['samples_per_second']:.1f} samples/s, "
+        print(f"{r['preset']}: {r['gflop_per_sample']:.3f} GFLOP a sample, {r['samples_per_second']:.1f} samples/s, "
               f"{r['gflops']:.1f} GFLOP/s", flush=True)
     path = write_json("flops.json", res)
     print(f"\npeak: {peak['cores']} cores x {peak['ghz']:.2f} GHz x {peak['flops_per_cycle_per_core']} FLOPs a cycle "
           f"({peak['isa']}) = {peak['peak_gflops']:.0f} GFLOP/s fp32")
+    if a.bf16 and peak["bf16_peak_gflops"]:
+        print(f"bf16 peak ({peak['bf16_isa']}): {peak['bf16_peak_gflops']:.0f} GFLOP/s (the bf16 rows' of_peak)")
     print(table([{"preset": r["preset"], "params": f"{r['parameters'] / 1e6:.2f}M", "GFLOP/sample": f"{r['gflop_per_sample']:.3f}",
                   "step_s": f"{r['step_seconds_median']:.3f}", "samples/s": f"{r['samples_per_second']:.1f}",
-                  "GFLOP/s": f"{r['gflops']:.1f}", "of_peak": f"{r['fraction_of_peak']:.0%}",
+                  "GFLOP/s": f"{r['gflops']:.1f}", "of_peak": f"{r['fraction_of_peak'] or float('nan'):.1%}",
                   "trainer_samples/s": f"{r.get('trainer_samples_per_second', float('nan')):.1f}",
                   "trainer_of_peak": f"{r.get('trainer_fraction_of_peak') or float('nan'):.0%}"} for r in res["presets"]],
                 ["preset", "params", "GFLOP/sample", "step_s", "samples/s", "GFLOP/s", "of_peak", "trainer_samples/s",

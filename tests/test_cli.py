@@ -91,7 +91,7 @@ def test_train_flags_are_generated_from_every_config_field():
     from kitchen_lib.frontend.flags import GROUPS, NOT_FLAGS, flag_name
 
     out = subprocess.run([sys.executable, "-m", "kitchen_lib", "train", "--help"], capture_output=True, text=True)
-    options = set(re.findall(r"--[a-z_]+", out.stdout))
+    options = set(re.findall(r"--[a-z0-9_]+", out.stdout))
     for group in ("data", "model", "diffusion", "train", "sampler"):
         for f in dataclasses.fields(GROUPS[group]):
             if (group, f.name) in NOT_FLAGS:  # set from the environment (torchrun), never typed

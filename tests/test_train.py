@@ -4,14 +4,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from kitchen_lib.base.device import cpu_has_native_bf16
 from kitchen_lib.training.checkpoint import CheckpointError, load_checkpoint
-from kitchen_lib.training.config import LEGACY_DIFFUSION, RunConfig, build_model, preset, with_overrides
+from kitchen_lib.training.config import LEGACY_DIFFUSION, LEGACY_TRAIN, RunConfig, build_model, preset, with_overrides
 from kitchen_lib.training.divergence import TrainingDiverged
 from kitchen_lib.training.lr_schedule import lr_factor
 from kitchen_lib.training.progress import advance, progress_bar
@@ -189,9 +191,12 @@ def test_configs_saved_before_an_option_existed_keep_their_meaning():
     old = cfg.to_dict()
     for key in LEGACY_DIFFUSION:
         del old["diffusion"][key]
+    for key in LEGACY_TRAIN:
+        del old["train"][key]
     loaded = RunConfig.from_dict(old)
     assert not loaded.diffusion.residual and loaded.diffusion.loss_weighting == "none"
-    assert loaded.model == cfg.model and loaded.train == cfg.train
+    assert cfg.train.cpu_bf16 and not loaded.train.cpu_bf16  # a run from before bf16 resumes in fp32
+    assert loaded.model == cfg.model and loaded.train == replace(cfg.train, cpu_bf16=False)
 
 
 def test_a_checkpoint_saved_before_the_config_moved_still_loads_and_predicts_the_same():
@@ -302,3 +307,27 @@ def test_checkpoints_record_the_training_time_across_resumes(small_pairs, small_
     r = trainer.fit()
     second = load_checkpoint(tmp_path / "latest.pt")["train_seconds"]
     assert first < second <= first + r.seconds + 1  # plus this fit's time up to its last checkpoint
+
+
+def test_cpu_bf16_runs_the_step_in_bf16_and_keeps_fp32_weights(small_pairs, small_dataset, tmp_path):
+    cfg = smoke_cfg(small_dataset, tmp_path, epochs=2, cpu_bf16=True, log_images=False)
+    t = Trainer(cfg, progress=False)
+    if not cpu_has_native_bf16():  # emulated bf16 would be slower than fp32: the run keeps fp32
+        t.close()
+        assert t.autocast_dtype is None
+        return
+    assert t.autocast_dtype == torch.bfloat16
+    seen = []  # the dtype a convolution computes in: training steps (with grad), validation (without)
+    for net, out in ((t.model.net, seen), (t.ema.module, ema_seen := [])):  # the EMA copy validates
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, o, out=out: out.append((torch.is_grad_enabled(), o.dtype)))
+    r = t.fit()
+    assert r.optimizer_steps > 0 and np.isfinite(r.final_val_loss)
+    assert seen.count((True, torch.bfloat16)) == r.optimizer_steps  # every training step in bf16
+    assert (False, torch.bfloat16) in ema_seen and (False, torch.float32) not in ema_seen  # and validation
+    s = load_checkpoint(tmp_path / "latest.pt")
+    assert all(v.dtype == torch.float32 for v in s["model"].values() if v.is_floating_point())
+    assert s["config"]["train"]["cpu_bf16"] is True
+    fp32 = Trainer(with_overrides(cfg, train={"cpu_bf16": False, "checkpoint_dir": str(tmp_path / "b")}), progress=False)
+    fp32.close()
+    assert fp32.autocast_dtype is None

@@ -1,4 +1,4 @@
-"""Which torch device to run on."""
+"""Which torch device to run on, and what it computes natively."""
 
 from __future__ import annotations
 
@@ -35,3 +35,10 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (Intel AMX or AVX512-BF16). Elsewhere torch
+    emulates bf16, several times slower than fp32, so a run keeps fp32 there."""
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))

@@ -55,7 +55,12 @@ class TrainConfig:
     lr_final_fraction: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.995
-    amp: bool = True  # mixed precision, on CUDA only
+    amp: bool = True  # mixed precision (fp16 with a loss scaler), on CUDA only
+    # On a CPU that multiplies bf16 in hardware (AMX, AVX512-BF16), the training step and the
+    # validation loss under bf16 autocast (weights, optimizer and sampling stay fp32): 1.23x the
+    # steps a minute of cpu-world and the same quality a step (docs/results.md, "bf16 on the CPU").
+    # Other CPUs, where bf16 is emulated and slow, train in fp32 whatever this says.
+    cpu_bf16: bool = True
     device: str = "auto"  # auto: cuda, then mps, then cpu
     seed: int = 0
     num_workers: int = 0  # DataLoader worker processes
@@ -155,7 +160,7 @@ class RunConfig:
     def from_dict(cls, d: dict) -> RunConfig:
         """Also reads the configs of older checkpoints: an option they lack gets the meaning it
         had before it existed, whatever today's default."""
-        train = {k: v for k, v in d["train"].items() if k != "sample_steps"}  # it became the run's sampler
+        train = LEGACY_TRAIN | {k: v for k, v in d["train"].items() if k != "sample_steps"}  # that became the run's sampler
         return cls(data=PairsConfig(**d["data"]), model=UNetConfig.from_dict(d["model"]),
                    diffusion=DiffusionConfig(**(LEGACY_DIFFUSION | d["diffusion"])), train=TrainConfig(**train),
                    conditioning=ConditioningConfig(**d.get("conditioning", {})),
@@ -165,6 +170,7 @@ class RunConfig:
 
 # What a saved config without these fields meant (they were added later).
 LEGACY_DIFFUSION = {"residual": False, "loss_weighting": "none", "min_snr_gamma": 5.0}
+LEGACY_TRAIN = {"cpu_bf16": False}
 
 _SMOKE = {
     "data": {"dataset": SMOKE_DATASET_ID, "size": 32},
@@ -172,8 +178,9 @@ _SMOKE = {
     "model": {"base_channels": 16, "channel_mults": (1, 2), "attention_levels": (1,), "time_emb_dim": 32,
               "time_mlp_dim": 64, "dropout": 0.0, "patch_size": 1},
     "diffusion": {"timestep_power": 1.0},
+    # fp32: bf16 buys nothing on tensors this small.
     "train": {"epochs": 2, "batch_size": 8, "learning_rate": 5e-4, "warmup_steps": 5, "ema_decay": 0.9,
-              "log_freq": 2, "log_image_every": 10, "max_minutes": None},
+              "log_freq": 2, "log_image_every": 10, "max_minutes": None, "cpu_bf16": False},
     "sampler": {"steps": 5},
 }
 

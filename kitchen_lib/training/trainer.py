@@ -21,6 +21,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
+from kitchen_lib.base.device import cpu_has_native_bf16
 from kitchen_lib.base.errors import UserError
 from kitchen_lib.base.locks import claim_folder
 from kitchen_lib.data.cache_builder import build_pairs
@@ -115,6 +116,10 @@ class Trainer(RunCheckpoints):
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, partial(lr_factor, tc))
         self.use_amp = tc.amp and self.device.type == "cuda"
+        # The training step's autocast: fp16 (scaled) on CUDA; bf16 (which needs no scaler) on a CPU
+        # that computes it natively, if the config asks.
+        self.autocast_dtype = torch.float16 if self.use_amp else \
+            torch.bfloat16 if tc.cpu_bf16 and self.device.type == "cpu" and cpu_has_native_bf16() else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.noise_gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self.epoch, self.batch_in_epoch, self.opt_step, self.saved_step = 0, 0, 0, 0
@@ -210,7 +215,7 @@ class Trainer(RunCheckpoints):
 
     def _train_step(self, batch: dict[str, torch.Tensor], deadline: float, stop: StopRequest) -> tuple[float, float, bool, int]:
         """One optimizer step: (mean loss over the ranks, gradient norm, whether to stop after it, the signal or 0)."""
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             loss = self.train_model.loss(batch, self.noise_gen, part=self.world.part)
         # One collective: the loss every rank logs and checks, rank 0's clock and the signals, so all stop together.
         value, (time_up, *signals) = distributed.agree(
@@ -247,7 +252,8 @@ class Trainer(RunCheckpoints):
 
     def _end_epoch(self, writer, bar) -> None:
         tc = self.cfg.train
-        self.last_val = validation_loss(self.ema_model, self.val_set, tc, self.world, self.device, self.use_amp)
+        self.last_val = validation_loss(self.ema_model, self.val_set, tc, self.world, self.device,
+                                        self.autocast_dtype)
         self._stop_if(divergence.val_loss_problem(self.last_val, self.best_val))
         if self.world.is_main:
             writer.add_scalar("loss/val", self.last_val, self.opt_step)

@@ -18,7 +18,7 @@ from kitchen_lib.training.distributed import World
 
 @torch.no_grad()
 def validation_loss(model: FrameModel, val_set: ExampleSet, tc: TrainConfig, world: World, device: torch.device,
-                    amp: bool) -> float:
+                    autocast_dtype: torch.dtype | None = None) -> float:
     """Mean loss of `model` (the EMA weights) on the validation pairs, with fixed noise. The batches
     are shared out among the ranks and summed; each draws its noise from its own seed, so the
     value does not depend on how many ranks there are."""
@@ -26,7 +26,7 @@ def validation_loss(model: FrameModel, val_set: ExampleSet, tc: TrainConfig, wor
     total, n = 0.0, 0
     for i, batch in batches.val_batches(val_set, tc, world, device):
         g = torch.Generator(device=device).manual_seed(run_state.val_noise_seed(tc.seed, i))
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = model.loss(batch, g)
         total += float(loss) * len(batch["current"])
         n += len(batch["current"])
