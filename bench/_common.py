@@ -13,8 +13,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict:
     import torch
 
+    from kitchen_lib.base.device import cpu_has_native_bf16
+
     return {
         "cpu": platform.processor() or platform.machine(),
+        # The vector unit torch dispatches to, and bf16 in hardware: the machine changed between
+        # sessions once (AVX2 to AVX-512 with AMX, 2.2x the steps a minute), and timings moved with it.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": cpu_has_native_bf16(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

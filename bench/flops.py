@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from _common import RESULTS, machine, table, write_json  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from kitchen_lib.base.device import cpu_has_native_bf16  # noqa: E402
 from kitchen_lib.model.unet import channels_last  # noqa: E402
 from kitchen_lib.training.config import PRESETS, build_model, preset  # noqa: E402
 
@@ -134,11 +135,13 @@ def main() -> None:
         r = measure(name, a.steps, bf16)
         top = peak["bf16_peak_gflops"] if bf16 else peak["peak_gflops"]
         r["fraction_of_peak"] = r["gflops"] / top if top else None
-        rate = None if bf16 else trainer_rate(name)  # the quickstart's Trainer ran fp32
+        # The quickstart's Trainer ran in the precision its preset gives on this CPU: its rate goes on that row.
+        ran_bf16 = preset(name).train.cpu_bf16 and cpu_has_native_bf16()
+        rate = trainer_rate(name) if bf16 == ran_bf16 else None
         if rate is not None:
             r["trainer_samples_per_second"] = rate
             r["trainer_gflops"] = rate * r["gflop_per_sample"]
-            r["trainer_fraction_of_peak"] = r["trainer_gflops"] / peak["peak_gflops"] if peak["peak_gflops"] else None
+            r["trainer_fraction_of_peak"] = r["trainer_gflops"] / top if top else None
         res["presets"].append(r)
         print(f"{r['preset']}: {r['gflop_per_sample']:.3f} GFLOP a sample, {r['samples_per_second']:.1f} samples/s, "
               f"{r['gflops']:.1f} GFLOP/s", flush=True)

@@ -317,8 +317,8 @@ def test_cpu_bf16_runs_the_step_in_bf16_and_keeps_fp32_weights(small_pairs, smal
         assert t.autocast_dtype is None
         return
     assert t.autocast_dtype == torch.bfloat16
-    seen = []  # the dtype a convolution computes in: training steps (with grad), validation (without)
-    for net, out in ((t.model.net, seen), (t.ema.module, ema_seen := [])):  # the EMA copy validates
+    seen, ema_seen = [], []  # the dtype a convolution computes in: training (with grad); validation (the EMA copy's)
+    for net, out in ((t.model.net, seen), (t.ema.module, ema_seen)):
         conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
         conv.register_forward_hook(lambda m, i, o, out=out: out.append((torch.is_grad_enabled(), o.dtype)))
     r = t.fit()
@@ -328,6 +328,6 @@ def test_cpu_bf16_runs_the_step_in_bf16_and_keeps_fp32_weights(small_pairs, smal
     s = load_checkpoint(tmp_path / "latest.pt")
     assert all(v.dtype == torch.float32 for v in s["model"].values() if v.is_floating_point())
     assert s["config"]["train"]["cpu_bf16"] is True
-    fp32 = Trainer(with_overrides(cfg, train={"cpu_bf16": False, "checkpoint_dir": str(tmp_path / "b")}), progress=False)
+    fp32 = Trainer(with_overrides(cfg, train={"cpu_bf16": False}), resume="latest", progress=False)  # like amp, resumable
     fp32.close()
-    assert fp32.autocast_dtype is None
+    assert fp32.autocast_dtype is None and fp32.opt_step == r.optimizer_steps

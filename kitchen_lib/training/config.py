@@ -123,9 +123,9 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(timestep_power=0.4))
     train: TrainConfig = field(default_factory=TrainConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)  # the past, actions, joint state
-    # The run's default way to predict. DDIM-2 for the cpu presets: on their models it scores a
-    # higher PSNR than DDIM-10 (fewer steps commit less to one future) at about a quarter of the
-    # time (bench/samplers.py; notebook 07 measures it on the cpu model).
+    # The run's default way to predict. DDIM-2 for the cpu presets: on their models it scores the
+    # PSNR of DDIM-10 within a few hundredths of a dB (fewer steps commit less to one future) at
+    # about a quarter of the time (bench/samplers.py; notebook 07 measures it on the cpu model).
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig("ddim", 2))
     generate: GenerateConfig = field(default_factory=GenerateConfig)  # size of our dataset, if it must be made
     preset: str = "cpu"

@@ -11,7 +11,7 @@ from kitchen_lib.training.distributed import launch_command
 
 # Fields a resumed run may change; any other difference means a different run.
 RESUMABLE_CHANGES = {"epochs", "max_minutes", "learning_rate", "num_workers", "device", "log_freq", "log_images", "log_image_every",
-                     "checkpoint_freq", "tensorboard_dir", "checkpoint_dir", "amp"}
+                     "checkpoint_freq", "tensorboard_dir", "checkpoint_dir", "amp", "cpu_bf16"}
 
 
 def check_resumable(path: Path, saved: dict, now: RunConfig) -> None:
