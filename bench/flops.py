@@ -14,8 +14,8 @@ an x86 core with FMA and AVX2, 2 x 16 x 2 with AVX-512 (Intel server cores), at 
 /proc/cpuinfo reports (the base clock; turbo can run higher, so the fraction is an upper bound).
 
 --bf16 also times each step under bf16 autocast (TrainConfig.cpu_bf16), against the bf16 peak of
-the CPU's matrix units where it has them (AMX: 16 x 32 x 16 bf16 products a tile op, 1,024 FMAs
-a cycle a core; else AVX512-BF16: 2 x 32 x 2 a cycle).
+the CPU's matrix units where it has them (AMX: a 16 x 16 x 32 tile product of 8,192 FMAs every 16
+cycles, 1,024 FLOPs a cycle a core; else AVX512-BF16: 2 units x 32 bf16 lanes x 2 a cycle).
 
 Prints a table and writes bench/results/flops.json. About a minute.
 """
@@ -54,7 +54,7 @@ def cpu_peak() -> dict:
         per_cycle, isa = 4 * 2, "SSE"  # no FMA: a mul and an add of 4 lanes a cycle
     cores = torch.get_num_threads()
     ghz = (max(mhz) if mhz else 0.0) / 1000
-    bf16 = 1024 * 2 if "amx_bf16" in flags else 2 * 32 * 2 if "avx512_bf16" in flags else None
+    bf16 = 16 * 16 * 32 * 2 // 16 if "amx_bf16" in flags else 2 * 32 * 2 if "avx512_bf16" in flags else None
     return {"cpu": model, "isa": isa, "flops_per_cycle_per_core": per_cycle, "cores": cores, "ghz": ghz,
             "peak_gflops": cores * ghz * per_cycle,
             "bf16_isa": "AMX" if "amx_bf16" in flags else "AVX512-BF16" if bf16 else None,
