@@ -9,7 +9,9 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+import torch
 
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.data.cache import CACHE_FORMAT
 from kitchen_lib.data.cache_builder import build_pairs, cache_dir_for
 from kitchen_lib.data.datasets import (
@@ -22,10 +24,14 @@ from kitchen_lib.data.datasets import (
     joined,
     open_dataset,
 )
+from kitchen_lib.data.examples import ExampleSet
 from kitchen_lib.data.explore import ExploreConfig, explore_episode, hand_positions
 from kitchen_lib.data.generate import GenerateConfig, ensure_dataset, generate_dataset
 from kitchen_lib.data.pairs import PairsConfig, split_episodes
 from kitchen_lib.data.render import KitchenRenderer
+from kitchen_lib.training.config import preset, with_overrides
+from kitchen_lib.training.run_state import epoch_order
+from kitchen_lib.training.trainer import Trainer
 
 EXPLORE_ID = "kitchen-diffusion/test-explore-v0"
 SEEDS = (0, 1, 2)
@@ -215,3 +221,53 @@ def test_joined_ids_are_checked_and_missing_parts_made(small_dataset, monkeypatc
         ds = open_dataset(part)
         assert ds.total_episodes == 3 and "exploration" in ds.storage.metadata["algorithm_name"]
     assert episode_lengths(small_dataset) == [60, 60, 60]  # an existing part is left alone
+
+
+def test_an_epoch_draws_the_first_datasets_share_each_part_without_repeats_until_it_runs_out():
+    first = torch.zeros(100, dtype=torch.bool)
+    first[[3, 10, 11, 40, 41, 42, 70, 71, 90, 99]] = True  # 10 of 100 pairs, scattered
+    order = epoch_order(100, seed=0, epoch=2, first=first, share=0.35)
+    assert order.shape == (100,)
+    counts = torch.bincount(order, minlength=100)
+    assert counts[first].sum() == 35 and counts[~first].sum() == 65
+    assert set(counts[first].tolist()) == {3, 4}  # 35 draws of 10 pairs: each 3 or 4 times
+    assert counts[~first].max() == 1  # 65 of the other 90, none twice
+    assert torch.equal(order, epoch_order(100, seed=0, epoch=2, first=first, share=0.35))  # a resumed run's
+    assert not torch.equal(order, epoch_order(100, seed=0, epoch=3, first=first, share=0.35))
+    assert not torch.equal(order[:35].sort().values, order[35:70].sort().values)  # the parts are mixed, not in blocks
+    assert torch.equal(epoch_order(100, 0, 2).sort().values, torch.arange(100))  # no share: a permutation
+    with pytest.raises(ValueError, match="mask"):
+        epoch_order(100, 0, 2, share=0.5)
+
+
+class _Recorded(ExampleSet):
+    """The training set, noting which rows the Trainer asks for."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.asked: list[int] = []
+
+    def __getitem__(self, idx):
+        self.asked.extend(np.asarray(idx).reshape(-1).tolist())
+        return super().__getitem__(idx)
+
+
+def test_training_on_joined_datasets_draws_the_first_datasets_share(small_dataset, explore_dataset, tmp_path):
+    cfg = with_overrides(preset("smoke-world"), data={"dataset": joined(small_dataset, explore_dataset)},
+                         train={"checkpoint_dir": str(tmp_path / "run"), "tensorboard_dir": str(tmp_path / "tb"),
+                                "log_images": False, "epochs": 1, "first_dataset_share": 0.8})
+    cache = build_pairs(cfg.data, progress=False, workers=1)
+    rows = cache.pairs("train")
+    train = _Recorded(cache, rows, cfg.conditioning)
+    first = np.isin(rows[:, 0], cache.episodes_of(small_dataset))
+    assert 0.2 < first.mean() < 0.6  # in proportion to their pairs, the expert's would not get 0.8
+    Trainer(cfg, progress=False, train_set=train, val_set=ExampleSet(cache, cache.pairs("val"), cfg.conditioning)).fit()
+    asked = np.array(train.asked)
+    assert len(asked) >= len(rows) - cfg.train.batch_size
+    assert abs(first[asked].mean() - 0.8) <= cfg.train.batch_size / len(asked)
+    # A share needs joined datasets.
+    single = with_overrides(cfg, data={"dataset": small_dataset}, train={"checkpoint_dir": str(tmp_path / "single")})
+    with pytest.raises(UserError, match="is one dataset"):
+        Trainer(single, progress=False)
+    with pytest.raises(UserError, match="between 0 and 1"):
+        with_overrides(cfg, train={"first_dataset_share": 1.0}).validate()

@@ -63,6 +63,10 @@ class TrainConfig:
     cpu_bf16: bool = True
     device: str = "auto"  # auto: cuda, then mps, then cpu
     seed: int = 0
+    # Training on joined datasets (A+B+...): the share of each epoch's pairs drawn from the first
+    # (cpu-drive: the expert's), so that more of the others does not crowd it out. None: each
+    # pair once an epoch, every dataset in proportion to its pairs.
+    first_dataset_share: float | None = None  # the first joined dataset's share of each epoch's pairs (none: by their number)
     num_workers: int = 0  # DataLoader worker processes
     checkpoint_dir: str | None = None  # default: <data dir>/checkpoints/<preset>[-regression]
     checkpoint_freq: int = 1  # also keep epoch_NNNN.pt every N epochs
@@ -103,6 +107,8 @@ class TrainConfig:
             bad.append(f"--grad_clip must be positive (got {self.grad_clip})")
         if not 0 <= self.ema_decay < 1:
             bad.append(f"--ema_decay must be in [0, 1) (got {self.ema_decay})")
+        if self.first_dataset_share is not None and not 0 < self.first_dataset_share < 1:
+            bad.append(f"--first_dataset_share must be between 0 and 1, or none (got {self.first_dataset_share})")
         if self.max_minutes is not None and not self.max_minutes > 0:
             bad.append(f"--max_minutes must be positive, or none for no limit (got {self.max_minutes})")
         if bad:

@@ -20,10 +20,30 @@ from kitchen_lib.training.resume_check import check_resumable
 from kitchen_lib.training.runs import checkpoints_to_replace, load_resumable
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which an epoch visits the n training pairs (every rank computes the same)."""
+def epoch_order(n: int, seed: int, epoch: int, first: torch.Tensor | None = None,
+                share: float | None = None) -> torch.Tensor:
+    """The order in which an epoch visits the n training pairs (every rank computes the same):
+    a permutation; or, given `first` ((n,) bool: the pairs of the first joined dataset) and its
+    `share`, n draws of which round(n * share) come from those pairs and the rest from the
+    others, each part taken without repeats until it runs out (then again, in a new order)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+    if share is None:
+        return torch.randperm(n, generator=g)
+    if first is None or first.shape != (n,):
+        raise ValueError(f"a share needs the (n,) mask of the first dataset's pairs (n = {n})")
+    n_first = round(n * share)
+    parts = [(torch.nonzero(first).flatten(), n_first), (torch.nonzero(~first).flatten(), n - n_first)]
+    drawn = [_draw(idx, m, g) for idx, m in parts]
+    order = torch.cat(drawn)
+    return order[torch.randperm(n, generator=g)]
+
+
+def _draw(idx: torch.Tensor, m: int, g: torch.Generator) -> torch.Tensor:
+    """m of the indices `idx`, in permutations of them laid end to end."""
+    if m == 0:
+        return idx[:0]
+    rounds = -(-m // len(idx))
+    return torch.cat([idx[torch.randperm(len(idx), generator=g)] for _ in range(rounds)])[:m]
 
 
 def val_noise_seed(seed: int, batch: int) -> int:

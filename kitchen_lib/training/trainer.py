@@ -150,6 +150,7 @@ class Trainer(RunCheckpoints):
             raise UserError(f"only {len(self.train_set)} training pairs, fewer than one batch of {tc.global_batch}{each}")
         if len(self.val_set) == 0:  # every epoch ends in validation, and the best checkpoint is chosen by it
             raise UserError("no validation pairs: give the validation split some episodes (--val_fraction above 0)")
+        self.first = None if tc.first_dataset_share is None else batches.first_dataset_mask(self.train_set)
 
     def _say(self, bar, text: str) -> None:
         if self.world.is_main:
@@ -183,7 +184,7 @@ class Trainer(RunCheckpoints):
                 while self.epoch < tc.epochs and not stopped_early:
                     self.train_model.train()
                     for i, batch in batches.epoch_batches(self.train_set, tc, self.world, self.epoch,
-                                                          self.batch_in_epoch, self.device):
+                                                          self.batch_in_epoch, self.device, self.first):
                         loss, gnorm, stopped_early, signum = self._train_step(batch, deadline, stop)
                         self.batch_in_epoch = i + 1
                         samples += tc.global_batch
