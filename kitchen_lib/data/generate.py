@@ -19,6 +19,7 @@ from kitchen_lib.base.locks import clean_stale, hold_temp, let_go, owner_tag
 from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.datasets import (
     D4RL_DATASET_IDS,
+    EARLIER_EXPLORE_IDS,
     EXPLORE_DATASET_ID,
     EXPLORE_SMOKE_DATASET_ID,
     OFFLINE_DATASET_ID,
@@ -41,7 +42,8 @@ POLICIES = ("expert", "explore", "random")
 RANDOM_DATASET_ID = "kitchen-diffusion/random-v0"
 # Our named datasets each hold one policy's episodes.
 DATASET_POLICIES = {OFFLINE_DATASET_ID: "expert", SMOKE_DATASET_ID: "expert",
-                    EXPLORE_DATASET_ID: "explore", EXPLORE_SMOKE_DATASET_ID: "explore"}
+                    EXPLORE_DATASET_ID: "explore", EXPLORE_SMOKE_DATASET_ID: "explore",
+                    **dict.fromkeys(EARLIER_EXPLORE_IDS, "explore")}
 # What each policy's episodes are, for the dataset's metadata (the expert's as they always were).
 _ALGORITHMS = {"expert": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py",
                           "the scripted expert (kitchen_lib.data.expert)"),
@@ -60,9 +62,11 @@ class GenerateConfig:
     max_steps: int = 900  # long enough for all four tasks
     seed: int = 0
     policy: str = "expert"  # expert (the four tasks), explore (random reachable poses, touching objects) or random
-    # Exploration never finishes early, as the expert does after ~690 steps: 10 x 600 steps is 43%
-    # of the expert's frames, and renders in about 1.7 minutes at 64px.
-    explore_episodes: int = 10
+    # Exploration never finishes early, as the expert does after ~690 steps: 80 x 600 steps is 3.5
+    # times the expert's frames. cpu-drive learns exploration's motions from their number: on
+    # held-out exploration episodes 10 gave +0.7 dB over copy, 40 +2.5, 80 +2.6 with the expert's
+    # share kept (docs/results.md, "80 exploration episodes").
+    explore_episodes: int = 80
     explore_max_steps: int = 600
 
     def size(self, policy: str) -> tuple[int, int]:
