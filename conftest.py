@@ -38,6 +38,25 @@ def small_pairs(small_dataset):
 
 
 @pytest.fixture(scope="session")
+def bench_module():
+    """load(name): bench/<name>.py as a module (the scripts import their `_common` beside them)."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parent / "bench"
+    sys.path.insert(0, str(bench))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # a dataclass in it looks its module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def env():
     from kitchen_lib.data.kitchen import make_env
 

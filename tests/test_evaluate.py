@@ -280,16 +280,8 @@ def test_rollout_horizons_per_dataset_against_holding_the_start_frame(models, sm
         mean_rollouts(p, small_pairs, "test", 2, 3, dataset="kitchen-diffusion/other-v0", progress=False)
 
 
-def test_error_map_classes_cover_each_frame_and_copy_errs_only_where_it_changes(models, small_pairs):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))
-    spec = importlib.util.spec_from_file_location("error_map_bench", bench / "error_map.py")
-    em = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(em)
+def test_error_map_classes_cover_each_frame_and_copy_errs_only_where_it_changes(models, small_pairs, bench_module):
+    em = bench_module("error_map")
 
     p = load_predictor(models[0])
     model, copy = (em.error_map(p, 12, None, near=2, batch=5, copy=c) for c in (False, True))

@@ -271,3 +271,18 @@ def test_training_on_joined_datasets_draws_the_first_datasets_share(small_datase
         Trainer(single, progress=False)
     with pytest.raises(UserError, match="between 0 and 1"):
         with_overrides(cfg, train={"first_dataset_share": 1.0}).validate()
+
+
+def test_bench_unseen_scores_chosen_held_out_episodes_of_one_part(small_dataset, explore_dataset, bench_module):
+    unseen = bench_module("unseen")
+    cache = build_pairs(PairsConfig(dataset=joined(small_dataset, explore_dataset), k=5, size=16), progress=False, workers=1)
+    local = {e["index"]: e["dataset_index"] for e in cache.meta["episodes"] if e["dataset"] == explore_dataset}
+    held = [local[e] for e in cache.meta["splits"]["test"] if e in local]
+    trained = [local[e] for e in cache.meta["splits"]["train"] if e in local]
+    assert held and trained
+    rows = unseen.episode_rows(cache, explore_dataset, held)
+    assert np.array_equal(rows, cache.select("test", dataset=explore_dataset))  # numbered within the part
+    with pytest.raises(UserError, match="not in the cache's test split"):
+        unseen.episode_rows(cache, explore_dataset, trained[:1])
+    with pytest.raises(UserError, match="has no episodes"):
+        unseen.episode_rows(cache, explore_dataset, [99])

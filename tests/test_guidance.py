@@ -1,7 +1,6 @@
 """Classifier-free guidance on the actions: action dropout in training (a learned "no action"),
 guided sampling in one batched pass, and models trained without it left exactly as they were."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,6 @@ from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.training.config import RunConfig, build_model, preset, with_overrides
 
 FIXTURES = Path(__file__).parent / "fixtures"
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def world(action_dropout: float = 0.2):
@@ -187,12 +185,8 @@ def test_the_flags_set_action_dropout_and_guidance_and_the_cli_refuses_guidance_
 
 
 @pytest.fixture(scope="module")
-def guidance_bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("guidance_bench", BENCH / "guidance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def guidance_bench(bench_module):
+    return bench_module("guidance")
 
 
 def test_a_short_training_with_action_dropout_samples_guided_frames(small_dataset, tmp_path, guidance_bench):

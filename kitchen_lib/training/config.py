@@ -233,7 +233,8 @@ PRESETS: dict[str, tuple[str, dict[str, dict]]] = {
     "cpu-drive": ("cpu-world trained on the expert's and exploration episodes together: the model to drive "
                   "(notebook 09), 20 minutes", _combined(_WORLD, _DRIVE)),
     "smoke-drive": ("the smoke-world preset on the smoke expert and exploration datasets (tests, notebook 09's smoke mode)",
-                    _combined(_SMOKE_WORLD, {"data": {"dataset": joined(SMOKE_DATASET_ID, EXPLORE_SMOKE_DATASET_ID)}})),
+                    _combined(_SMOKE_WORLD, {"data": {"dataset": joined(SMOKE_DATASET_ID, EXPLORE_SMOKE_DATASET_ID)},
+                                             "train": {"first_dataset_share": _DRIVE["train"]["first_dataset_share"]}})),
     "seed": ("the original project's 128x128 setup, for a GPU", {
         # The original's: frame size, U-Net (base 32, mults 1,2,3, one res block, attention at
         # 32px, time MLP 512, dropout 0.1), batch 16, learning rate 1e-4, EMA 0.999, no time limit.
