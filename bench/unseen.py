@@ -62,8 +62,7 @@ def main() -> None:
         predictor = load_predictor(ckpt, device="cpu")
         cache = pairs_for(predictor, dataset=a.dataset)
         rows = episode_rows(cache, a.part, a.episodes)
-        cache.select = lambda split, max_pairs=None, dataset=None, rows=rows: rows  # noqa: E731  (evaluate's rows)
-        r = evaluate(predictor, cache, "test", mean_of=1, part=a.part, progress=False)
+        r = evaluate(predictor, cache, "test", mean_of=1, part=a.part, progress=False, rows=rows)
         m = r["methods"]
         d, c, s = m["diffusion"], m["copy"], m["diffusion_shuffled_actions"]
         rows_out.append({"model": name, "pairs": r["pairs"], "over_copy": f"{d['psnr'] - c['psnr']:+.2f}",

@@ -82,6 +82,11 @@ def test_evaluate_at_ddim1_takes_the_x0_estimate_from_its_sample(models, small_p
     x0 = p.predict(p.inputs(small_pairs, r["details"]["rows"]), seed=5, x0=True)
     assert np.array_equal(r["details"]["pred"]["diffusion_x0"], x0)
     assert r["methods"]["diffusion_x0"]["psnr"] == r["methods"]["diffusion"]["psnr"]
+    # Handed the same rows, it scores them as the split's.
+    again = evaluate(p, small_pairs, "test", SamplerConfig("ddim", 1), seed=5, mean_of=0, progress=False,
+                     rows=r["details"]["rows"])
+    scores = lambda res: {m: {k: v for k, v in s.items() if k != "seconds_per_frame"} for m, s in res["methods"].items()}  # noqa: E731
+    assert again["pairs"] == 40 and scores(again) == scores(r)
 
 
 def test_copy_baseline_from_evaluate_equals_direct_computation(models, small_pairs):

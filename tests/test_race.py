@@ -1,9 +1,5 @@
 """bench/race.py's standard recipe: sized like ours, trained on our pairs, sampled from pure noise."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,17 +8,10 @@ from kitchen_lib.inference.evaluate import evaluate
 from kitchen_lib.model.samplers import SamplerConfig
 from kitchen_lib.training.config import build_model, preset, with_overrides
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
-def race():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("race", BENCH / "race.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["race"] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+def race(bench_module):
+    return bench_module("race")
 
 
 @pytest.mark.parametrize("name", ["cpu", "cpu-world"])

@@ -100,9 +100,11 @@ def _batch_predictions(predictor: Predictor, regression: Predictor | None, cache
 def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampler: SamplerConfig | None = None,
              regression: Predictor | None = None, max_pairs: int | None = None, seed: int = 0, batch: int = 64,
              progress: bool = True, details: bool = False, mean_of: int = 4, x0: bool = True,
-             shuffled: bool = True, part: str | None = None) -> dict:
+             shuffled: bool = True, part: str | None = None, rows: np.ndarray | None = None) -> dict:
     """Score the model and the baselines on the pairs of a split (of one of the cache's joined
     datasets if `part` names one: result["dataset"] is then that one); returns the documented dict.
+    `rows`: (N, 2) (episode, step) rows of the split to score instead of all of them (e.g. chosen
+    held-out episodes, bench/unseen.py); max_pairs and part then only label them.
 
     `sampler` defaults to the one the model's run chose. mean_of < 2 leaves out diffusion_mean
     (it costs `mean_of` - 1 more samples: the first is the single sample), x0=False diffusion_x0
@@ -126,7 +128,8 @@ def evaluate(predictor: Predictor, cache: PairsCache, split: str = "test", sampl
             raise UserError(f"{who} was trained on (size, channels, k) = {want} but these pairs are {have}: "
                             f"build pairs with its settings")
     sampler = sampler or predictor.sampler
-    rows = cache.select(split, max_pairs, dataset=part)
+    if rows is None:
+        rows = cache.select(split, max_pairs, dataset=part)
     swapped = None
     if shuffled and predictor.conditioning.actions:
         # The permutation spans the whole split (pairs swap actions across batches): built once from

@@ -33,8 +33,7 @@ def epoch_order(n: int, seed: int, epoch: int, first: torch.Tensor | None = None
         raise ValueError(f"a share needs the (n,) mask of the first dataset's pairs (n = {n})")
     n_first = round(n * share)
     parts = [(torch.nonzero(first).flatten(), n_first), (torch.nonzero(~first).flatten(), n - n_first)]
-    drawn = [_draw(idx, m, g) for idx, m in parts]
-    order = torch.cat(drawn)
+    order = torch.cat([_draw(idx, m, g) for idx, m in parts])
     return order[torch.randperm(n, generator=g)]
 
 
