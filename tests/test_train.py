@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kitchen_lib.base.device import cpu_has_native_bf16
+from kitchen_lib.base.errors import UserError
 from kitchen_lib.training.checkpoint import CheckpointError, load_checkpoint
 from kitchen_lib.training.config import LEGACY_DIFFUSION, LEGACY_TRAIN, RunConfig, build_model, preset, with_overrides
 from kitchen_lib.training.divergence import TrainingDiverged
@@ -236,6 +237,42 @@ def test_learning_rate_warms_up_then_decays_to_its_floor_by_the_step_asked():
     assert np.all(np.diff(f[decay.warmup_steps:]) <= 1e-12)  # never rises again
     assert f[550] == pytest.approx(0.55, abs=1e-6)  # half way down the cosine
     assert np.allclose(f[1000:], 0.1)
+
+
+def test_learning_rate_can_decay_over_minutes_of_training_instead_of_steps():
+    decay = with_overrides(preset("cpu"), train={"lr_decay_minutes": 20.0, "lr_final_fraction": 0.1}).train
+    after_warmup = decay.warmup_steps
+    f = np.array([lr_factor(decay, after_warmup, m) for m in np.linspace(0, 30, 301)])
+    assert f[0] == pytest.approx(1.0) and np.all(np.diff(f) <= 1e-12)
+    assert f[100] == pytest.approx(0.55, abs=1e-6)  # minute 10 of 20: half way down the cosine
+    assert np.allclose(f[200:], 0.1)
+    assert lr_factor(decay, 10**6, 0.0) == pytest.approx(1.0)  # the steps no longer count
+    assert lr_factor(decay, 0, 10.0) < 0.05  # the warm-up still does
+    for bad in ({"lr_decay_minutes": 0.0}, {"lr_decay_minutes": -1.0}, {"lr_decay_minutes": 5.0, "lr_decay_steps": 100}):
+        with pytest.raises(UserError, match="lr_decay"):
+            with_overrides(preset("cpu"), train=bad).validate()
+
+
+def test_a_decay_over_minutes_reaches_its_floor_and_a_resume_continues_it(small_pairs, small_dataset, tmp_path, capsys):
+    from kitchen_lib.training.checkpoint import write_checkpoint
+
+    lr = 5e-4
+    fast = smoke_cfg(small_dataset, tmp_path / "fast", epochs=2, learning_rate=lr, lr_decay_minutes=1e-4, max_minutes=5)
+    Trainer(fast, progress=True).fit()
+    assert read_metrics(tmp_path / "fast").train[-1]["lr"] == pytest.approx(0.1 * lr)  # 6 ms of decay: long over
+    assert "--lr_decay_minutes 5 spreads its decay" in capsys.readouterr().out  # a budget longer than the decay is named
+
+    slow = smoke_cfg(small_dataset, tmp_path / "slow", epochs=2, learning_rate=lr, lr_decay_minutes=1000.0)
+    train(slow, progress=False)
+    assert read_metrics(tmp_path / "slow").train[-1]["lr"] == pytest.approx(lr, rel=1e-3)  # seconds of 1,000 minutes
+    # Pretend the run had trained 500 of its 1,000 minutes: the resumed run goes on half way down the cosine.
+    state = load_checkpoint(tmp_path / "slow" / "latest.pt")
+    write_checkpoint(state | {"train_seconds": 30_000.0}, tmp_path / "slow" / "latest.pt")
+    trainer = Trainer(with_overrides(slow, train={"epochs": 3}), resume="latest", progress=False)
+    assert trainer.trained_minutes == pytest.approx(500.0)
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0.55 * lr)
+    trainer.fit()
+    assert 0.5 * lr < read_metrics(tmp_path / "slow").train[-1]["lr"] < 0.55 * lr  # a few seconds further down
 
 
 def test_a_trainer_trains_the_model_and_data_sets_it_is_handed(small_pairs, small_dataset, tmp_path):

@@ -52,6 +52,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100  # optimizer steps of linear learning-rate warm-up
     lr_decay_steps: int | None = None  # cosine decay to lr_final_fraction by this optimizer step (None: constant)
+    # Or by this many minutes of training, counted over resumes: for a time budget, whose steps
+    # depend on the machine.
+    lr_decay_minutes: float | None = None  # cosine decay to lr_final_fraction by this minute of training (None: by steps)
     lr_final_fraction: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.995
@@ -101,6 +104,11 @@ class TrainConfig:
             bad.append(f"--learning_rate must be a positive number (got {self.learning_rate!r})")
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             bad.append(f"--lr_decay_steps must be at least 1, or none (got {self.lr_decay_steps})")
+        if self.lr_decay_minutes is not None and not self.lr_decay_minutes > 0:
+            bad.append(f"--lr_decay_minutes must be positive, or none (got {self.lr_decay_minutes})")
+        if self.lr_decay_steps and self.lr_decay_minutes:
+            bad.append("give the decay in --lr_decay_steps or in --lr_decay_minutes, not both "
+                       "(--lr_decay_steps none or --lr_decay_minutes none turns one off)")
         if not 0 < self.lr_final_fraction <= 1:
             bad.append(f"--lr_final_fraction must be in (0, 1] (got {self.lr_final_fraction})")
         if not self.grad_clip > 0:

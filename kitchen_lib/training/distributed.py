@@ -134,13 +134,15 @@ def all_sum(world: World, values: list[float], device: torch.device) -> list[flo
     return t.tolist()
 
 
-def agree(world: World, loss: float, stops: list[bool], device: torch.device) -> tuple[float, list[bool]]:
-    """One collective a step: the mean loss over the ranks, and for each stop flag (rank 0's clock,
-    a signal) whether any rank raised it. Every rank gets the same answer, so every rank decides the same."""
+def agree(world: World, loss: float, stops: list[bool], device: torch.device,
+          clock: float = 0.0) -> tuple[float, float, list[bool]]:
+    """One collective a step: the mean loss over the ranks, rank 0's `clock` (its minutes of
+    training, which set a decay over minutes), and for each stop flag (rank 0's clock, a signal)
+    whether any rank raised it. Every rank gets the same answer, so every rank decides the same."""
     if world.size == 1:
-        return loss, list(stops)
-    total, *raised = all_sum(world, [loss, *map(float, stops)], device)
-    return total / world.size, [r > 0 for r in raised]
+        return loss, clock, list(stops)
+    total, main_clock, *raised = all_sum(world, [loss, clock if world.is_main else 0.0, *map(float, stops)], device)
+    return total / world.size, main_clock, [r > 0 for r in raised]
 
 
 def barrier(world: World) -> None:

@@ -45,6 +45,7 @@ class RunCheckpoints:
     early_losses: list[float]
     tb_dir: Path
     train_seconds: float  # wall time trained in the fits before this one
+    trained_minutes: float  # over every fit, as of the last step
     _clock: float | None  # when this fit began
 
     def state_dict(self) -> dict:
@@ -71,10 +72,11 @@ class RunCheckpoints:
         self.epoch, self.batch_in_epoch, self.opt_step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.best_val, self.last_val = state["best_val_loss"], state["last_val_loss"]
         self.early_losses, self.saved_step = list(state.get("early_losses", [])), self.opt_step
-        follow_learning_rate(self.opt, self.sched, self.cfg.train)
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.trained_minutes = self.train_seconds / 60
+        follow_learning_rate(self.opt, self.sched, self.cfg.train, self.trained_minutes)
         run_state.set_rng_state(state["rng"], self.noise_gen, self.device)
         self.tb_dir = Path(state["tensorboard_dir"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def _save(self, name: str) -> Path:
         self._stop_if(divergence.weights_problem(self.model.net))  # on every rank (same weights): all stop alike

@@ -114,7 +114,9 @@ class Trainer(RunCheckpoints):
         self.train_model = self.model.with_net(distributed.wrap(self.model.net, world, self.device)) \
             if world.size > 1 else self.model  # DDP for training only: the EMA and checkpoints keep the raw network
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, partial(lr_factor, tc))
+        self.trained_minutes = 0.0  # over every fit, as of the last step (rank 0's clock)
+        # The factor at the step it is asked for, after the minutes the ranks last agreed on.
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(tc, step, self.trained_minutes))
         self.use_amp = tc.amp and self.device.type == "cuda"
         # The training step's autocast: fp16 (scaled) on CUDA; bf16 (which needs no scaler) on a CPU
         # that computes it natively, if the config asks.
@@ -180,6 +182,10 @@ class Trainer(RunCheckpoints):
                                tc.epochs * self.batches_per_epoch, enabled=self.progress and main)
             if self.world.size > 1:
                 self._say(bar, f"{self.world.size} processes, batch {tc.batch_size} each: global batch {tc.global_batch}")
+            if fresh and tc.lr_decay_minutes and tc.max_minutes and tc.max_minutes > tc.lr_decay_minutes:
+                self._say(bar, f"the learning rate reaches its floor ({tc.lr_final_fraction:g}x) at minute "
+                               f"{tc.lr_decay_minutes:g} of {tc.max_minutes:g}: --lr_decay_minutes {tc.max_minutes:g} "
+                               "spreads its decay over the whole run")
             with stop_signals() as stop:  # Ctrl-C and SIGTERM stop after a step, all ranks alike
                 while self.epoch < tc.epochs and not stopped_early:
                     self.train_model.train()
@@ -219,8 +225,10 @@ class Trainer(RunCheckpoints):
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             loss = self.train_model.loss(batch, self.noise_gen, part=self.world.part)
         # One collective: the loss every rank logs and checks, rank 0's clock and the signals, so all stop together.
-        value, (time_up, *signals) = distributed.agree(
-            self.world, loss.item(), [self.world.is_main and time.time() > deadline, *stop.flags()], self.device)
+        now = time.time()
+        value, self.trained_minutes, (time_up, *signals) = distributed.agree(
+            self.world, loss.item(), [self.world.is_main and now > deadline, *stop.flags()], self.device,
+            clock=(self.train_seconds + now - self._clock) / 60)
         self._stop_if(divergence.loss_problem(value, self.early_losses))
         if len(self.early_losses) < divergence.REFERENCE_STEPS:
             self.early_losses.append(value)
