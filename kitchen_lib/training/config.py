@@ -53,7 +53,7 @@ class TrainConfig:
     warmup_steps: int = 100  # optimizer steps of linear learning-rate warm-up
     lr_decay_steps: int | None = None  # cosine decay to lr_final_fraction by this optimizer step (None: constant)
     # Or by this many minutes of training, counted over resumes: for a time budget, whose steps
-    # depend on the machine.
+    # depend on the machine. cpu-drive decays over its 20 (docs/results.md, "a decay over the budget").
     lr_decay_minutes: float | None = None  # cosine decay to lr_final_fraction by this minute of training (None: by steps)
     lr_final_fraction: float = 0.1
     grad_clip: float = 1.0
@@ -216,8 +216,12 @@ _WORLD = {
 # more kinds of motion than cpu-world's: 20 minutes (not in quickstart's 30). The expert's pairs
 # keep 40% of each epoch: in proportion to their number they would get 22% beside exploration's 80
 # episodes, and 37% (its share beside 40 episodes) already left them at the edge of +5 / +6 dB.
+# Its learning rate decays over the 20 minutes, and it trains at more high noise levels than
+# cpu-world (exploration's larger motions are laid out there): each beside the preset before it,
+# +0.3 / +0.4 dB and +0.2 / +0.2 on the expert's pairs (docs/results.md, "a decay over the budget").
 _DRIVE = {"data": {"dataset": joined(OFFLINE_DATASET_ID, EXPLORE_DATASET_ID)},
-          "train": {"max_minutes": 20, "first_dataset_share": 0.4}}
+          "diffusion": {"timestep_power": 0.25},
+          "train": {"max_minutes": 20, "first_dataset_share": 0.4, "lr_decay_minutes": 20}}
 
 
 def _combined(*diffs: dict[str, dict]) -> dict[str, dict]:
