@@ -33,7 +33,8 @@ COLUMNS = ["model", "pairs", "over_copy", "over_copy_moving", "delta_psnr_moving
 
 def episode_rows(cache, part: str, episodes: list[int]) -> np.ndarray:
     """(N, 2) test rows of the part's episodes `episodes` (numbered within the part)."""
-    index = {e["dataset_index"]: e["index"] for e in cache.meta["episodes"] if e.get("dataset") == part}
+    ours = set(cache.episodes_of(part))  # a part the cache does not hold is refused there
+    index = {e["dataset_index"]: e["index"] for e in cache.meta["episodes"] if e["index"] in ours}
     missing = [e for e in episodes if e not in index]
     if missing:
         raise UserError(f"{part} has no episodes {missing} in this cache (it has 0..{max(index)})")

@@ -286,3 +286,5 @@ def test_bench_unseen_scores_chosen_held_out_episodes_of_one_part(small_dataset,
         unseen.episode_rows(cache, explore_dataset, trained[:1])
     with pytest.raises(UserError, match="has no episodes"):
         unseen.episode_rows(cache, explore_dataset, [99])
+    with pytest.raises(UserError, match="not one of this cache's datasets"):
+        unseen.episode_rows(cache, "kitchen-diffusion/no-such-v0", held)

@@ -58,8 +58,12 @@ class RunCheckpoints:
             "best_val_loss": self.best_val, "last_val_loss": self.last_val, "early_losses": self.early_losses,
             "rng": run_state.rng_state(self.noise_gen, self.device), "config": self.cfg.to_dict(),
             "tensorboard_dir": str(self.tb_dir), "parameters": count_parameters(self.model.net),
-            "train_seconds": self.train_seconds + (time.time() - self._clock if self._clock is not None else 0.0),
+            "train_seconds": self.seconds_trained(time.time()),
         }
+
+    def seconds_trained(self, now: float) -> float:
+        """Wall time trained over every fit, up to `now` (a time.time())."""
+        return self.train_seconds + (now - self._clock if self._clock is not None else 0.0)
 
     def load_state_dict(self, state: dict) -> None:
         """Put a checkpoint's state back, into a Trainer set up for the run that wrote it (a resume

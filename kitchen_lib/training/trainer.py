@@ -228,7 +228,7 @@ class Trainer(RunCheckpoints):
         now = time.time()
         value, self.trained_minutes, (time_up, *signals) = distributed.agree(
             self.world, loss.item(), [self.world.is_main and now > deadline, *stop.flags()], self.device,
-            clock=(self.train_seconds + now - self._clock) / 60)
+            clock=self.seconds_trained(now) / 60)
         self._stop_if(divergence.loss_problem(value, self.early_losses))
         if len(self.early_losses) < divergence.REFERENCE_STEPS:
             self.early_losses.append(value)
