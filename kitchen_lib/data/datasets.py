@@ -21,11 +21,11 @@ from kitchen_lib.data.kitchen import COMPLETE_TASKS, OBS_DIM, completed_tasks
 
 OFFLINE_DATASET_ID = "kitchen-diffusion/scripted-complete-v0"
 SMOKE_DATASET_ID = "kitchen-diffusion/scripted-smoke-v0"
-# The arm driven to random reachable poses, touching the objects (kitchen_lib.data.explore): 80
-# episodes. Its first 10 are the earlier v0's and its first 40 v1's (the same seeds); those stay
-# readable, and known as exploration by their ids (EARLIER_EXPLORE_IDS).
-EXPLORE_DATASET_ID = "kitchen-diffusion/scripted-explore-v2"
-EARLIER_EXPLORE_IDS = ("kitchen-diffusion/scripted-explore-v0", "kitchen-diffusion/scripted-explore-v1")
+# The arm driven to random reachable poses, touching the objects (kitchen_lib.data.explore): 160
+# episodes. Its first 10, 40 and 80 are the earlier v0's, v1's and v2's (the same seeds); those
+# stay readable, and known as exploration by their ids (EARLIER_EXPLORE_IDS).
+EXPLORE_DATASET_ID = "kitchen-diffusion/scripted-explore-v3"
+EARLIER_EXPLORE_IDS = tuple(f"kitchen-diffusion/scripted-explore-v{n}" for n in range(3))
 EXPLORE_SMOKE_DATASET_ID = "kitchen-diffusion/scripted-explore-smoke-v0"
 D4RL_DATASET_IDS = (
     "D4RL/kitchen/complete-v2",
@@ -64,7 +64,7 @@ def check_dataset_id(dataset_id: str, generated: bool = False) -> str:
 
 def dataset_parts(dataset: str) -> list[str]:
     """The ids a dataset setting names: one id, or several joined by "+" (trained on together),
-    each checked; e.g. "kitchen-diffusion/scripted-complete-v0+kitchen-diffusion/scripted-explore-v2"."""
+    each checked; e.g. "kitchen-diffusion/scripted-complete-v0+kitchen-diffusion/scripted-explore-v3"."""
     if not isinstance(dataset, str):
         check_dataset_id(dataset)  # its message
     parts = dataset.split(JOIN)

@@ -214,8 +214,9 @@ _WORLD = {
 # What turns a world model into one to drive: exploration beside the expert (the arm anywhere,
 # the gripper, objects touched), each dataset split into train/val/test on its own. More data and
 # more kinds of motion than cpu-world's: 20 minutes (not in quickstart's 30). The expert's pairs
-# keep 40% of each epoch: in proportion to their number they would get 22% beside exploration's 80
-# episodes, and 37% (its share beside 40 episodes) already left them at the edge of +5 / +6 dB.
+# keep 40% of each epoch: in proportion to their number they would get 13% beside exploration's 160
+# episodes; 37% (its share beside 40 episodes) already left them at the edge of +5 / +6 dB, and
+# beside 160, 30% cost them 0.3 dB for 0.1 on exploration's.
 # Its learning rate decays over the 20 minutes, and it trains at more high noise levels than
 # cpu-world (exploration's larger motions are laid out there): each beside the preset before it,
 # +0.3 / +0.4 dB and +0.2 / +0.2 on the expert's pairs (docs/results.md, "a decay over the budget").
