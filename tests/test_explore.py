@@ -139,6 +139,31 @@ def test_each_policy_has_its_own_dataset_size():
     assert g.size("expert") == g.size("random") == (5, 50) and g.size("explore") == (2, 7)
 
 
+def test_each_version_of_exploration_is_made_at_the_size_its_id_names(capsys):
+    """Each version of exploration grew the one before by its seeds: a run or cache made on an
+    earlier one must still read it as exploration by its id alone, and get it back as it was."""
+    from kitchen_lib.data.datasets import EARLIER_EXPLORE_IDS, EXPLORE_DATASET_ID, OFFLINE_DATASET_ID
+    from kitchen_lib.data.generate import dataset_size, default_dataset, policy_for
+    from kitchen_lib.frontend.cli import main
+
+    versions = {"kitchen-diffusion/scripted-explore-v0": 10, "kitchen-diffusion/scripted-explore-v1": 40,
+                "kitchen-diffusion/scripted-explore-v2": 80, "kitchen-diffusion/scripted-explore-v3": 160}
+    assert EXPLORE_DATASET_ID == "kitchen-diffusion/scripted-explore-v3"
+    assert set(EARLIER_EXPLORE_IDS) == set(versions) - {EXPLORE_DATASET_ID}
+    assert GenerateConfig().size("explore") == (160, 600)  # generate's default: the newest, as its id names it
+    other_size = GenerateConfig(explore_episodes=3, explore_max_steps=7)
+    for dataset_id, n in versions.items():
+        assert policy_for(dataset_id) == "explore", dataset_id
+        assert default_dataset("explore", joined(OFFLINE_DATASET_ID, dataset_id)) == dataset_id
+        assert dataset_size(dataset_id, "explore", other_size) == (n, 600), dataset_id  # not 3 x 7
+    assert dataset_size("kitchen-diffusion/my-explore-v0", "explore", other_size) == (3, 7)
+    # another size typed for a version's id: refused before any work, saying how to get it
+    code = main(["generate", "--dataset", "kitchen-diffusion/scripted-explore-v2", "--policy", "explore", "--episodes", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "80 episodes" in err and "an id of their own" in err, err
+    assert not is_local("kitchen-diffusion/scripted-explore-v2")
+
+
 def test_generate_refuses_a_policy_another_dataset_holds(capsys):
     from kitchen_lib.frontend.cli import main
 

@@ -21,11 +21,18 @@ from kitchen_lib.data.kitchen import COMPLETE_TASKS, OBS_DIM, completed_tasks
 
 OFFLINE_DATASET_ID = "kitchen-diffusion/scripted-complete-v0"
 SMOKE_DATASET_ID = "kitchen-diffusion/scripted-smoke-v0"
-# The arm driven to random reachable poses, touching the objects (kitchen_lib.data.explore): 160
-# episodes. Its first 10, 40 and 80 are the earlier v0's, v1's and v2's (the same seeds); those
-# stay readable, and known as exploration by their ids (EARLIER_EXPLORE_IDS).
+# The arm driven to random reachable poses, touching the objects (kitchen_lib.data.explore), in
+# versions of (episodes, steps each): each holds the next one's first episodes (the same seeds),
+# and each id names exactly that many, so an earlier one is made again as it was (a run trained
+# on it finds its episodes and split unchanged). The newest is the one cpu-drive trains on.
+EXPLORE_VERSIONS = {
+    "kitchen-diffusion/scripted-explore-v0": (10, 600),
+    "kitchen-diffusion/scripted-explore-v1": (40, 600),
+    "kitchen-diffusion/scripted-explore-v2": (80, 600),
+    "kitchen-diffusion/scripted-explore-v3": (160, 600),
+}
 EXPLORE_DATASET_ID = "kitchen-diffusion/scripted-explore-v3"
-EARLIER_EXPLORE_IDS = tuple(f"kitchen-diffusion/scripted-explore-v{n}" for n in range(3))
+EARLIER_EXPLORE_IDS = tuple(v for v in EXPLORE_VERSIONS if v != EXPLORE_DATASET_ID)
 EXPLORE_SMOKE_DATASET_ID = "kitchen-diffusion/scripted-explore-smoke-v0"
 D4RL_DATASET_IDS = (
     "D4RL/kitchen/complete-v2",

@@ -19,9 +19,9 @@ from kitchen_lib.base.locks import clean_stale, hold_temp, let_go, owner_tag
 from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.datasets import (
     D4RL_DATASET_IDS,
-    EARLIER_EXPLORE_IDS,
     EXPLORE_DATASET_ID,
     EXPLORE_SMOKE_DATASET_ID,
+    EXPLORE_VERSIONS,
     OFFLINE_DATASET_ID,
     OUR_NAMESPACE,
     SMOKE_DATASET_ID,
@@ -41,9 +41,8 @@ POLICIES = ("expert", "explore", "random")
 # Where random actions go when no id is given (our named datasets keep their own policy's episodes).
 RANDOM_DATASET_ID = "kitchen-diffusion/random-v0"
 # Our named datasets each hold one policy's episodes.
-DATASET_POLICIES = {OFFLINE_DATASET_ID: "expert", SMOKE_DATASET_ID: "expert",
-                    EXPLORE_DATASET_ID: "explore", EXPLORE_SMOKE_DATASET_ID: "explore",
-                    **dict.fromkeys(EARLIER_EXPLORE_IDS, "explore")}
+DATASET_POLICIES = {OFFLINE_DATASET_ID: "expert", SMOKE_DATASET_ID: "expert", EXPLORE_SMOKE_DATASET_ID: "explore",
+                    **dict.fromkeys(EXPLORE_VERSIONS, "explore")}
 # What each policy's episodes are, for the dataset's metadata (the expert's as they always were).
 _ALGORITHMS = {"expert": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py",
                           "the scripted expert (kitchen_lib.data.expert)"),
@@ -64,9 +63,9 @@ class GenerateConfig:
     policy: str = "expert"  # expert (the four tasks), explore (random reachable poses, touching objects) or random
     # Exploration never finishes early, as the expert does after ~690 steps: 160 x 600 steps is 7
     # times the expert's frames. cpu-drive learns exploration's motions from their number: on
-    # held-out exploration episodes 10 gave +0.7 dB over copy, 40 +2.5, 80 +2.6 with the expert's
-    # share kept, and on the recipe with a decay 80 +3.1, 160 +3.4 (docs/results.md, "160
-    # exploration episodes").
+    # 4 held-out exploration episodes 10 gave +0.7 dB over copy, 40 +2.5, 80 +2.6 with the expert's
+    # share kept; on 12 others, with the decay over the budget, 80 +3.1 and 160 +3.4 (docs/results.md,
+    # "160 exploration episodes"). The versions' sizes are EXPLORE_VERSIONS'.
     explore_episodes: int = 160
     explore_max_steps: int = 600
 
@@ -268,12 +267,18 @@ def _checked_policy(dataset_id: str, policy: str | None) -> str:
     return policy
 
 
+def dataset_size(part: str, policy: str, size: GenerateConfig = GenerateConfig()) -> tuple[int, int]:
+    """(episodes, max_steps) that `part` is made with: a version of exploration at the size its id
+    names (EXPLORE_VERSIONS, whatever `size` says), any other dataset at `policy`'s size in `size`."""
+    return EXPLORE_VERSIONS.get(part, size.size(policy))
+
+
 def generate_part(part: str, size: GenerateConfig = GenerateConfig(), policy: str | None = None,
                   overwrite: bool = False, progress: bool = True) -> GenerateReport:
     """Generate one of our datasets with `policy` (default: the one it holds, policy_for; others
     size.policy) at that policy's size in `size`: the one step every way of making data shares."""
     policy = policy or policy_for(part, size.policy)
-    episodes, max_steps = size.size(policy)
+    episodes, max_steps = dataset_size(part, policy, size)
     return generate_dataset(part, episodes=episodes, seed=size.seed, max_steps=max_steps, overwrite=overwrite,
                             progress=progress, policy=policy)
 

@@ -18,7 +18,7 @@ from kitchen_lib.frontend import flags
 
 
 def cmd_generate(a: argparse.Namespace) -> None:
-    from kitchen_lib.data.datasets import dataset_parts, is_local
+    from kitchen_lib.data.datasets import EXPLORE_VERSIONS, dataset_parts, is_local
     from kitchen_lib.data.generate import default_dataset, policy_for
 
     cfg = flags.config_from_args(a)
@@ -41,6 +41,11 @@ def cmd_generate(a: argparse.Namespace) -> None:
             print(f"{part}: already in the Minari store")
             continue
         policy = typed or policy_for(part, g.policy)
+        if part in EXPLORE_VERSIONS and typed_size.keys() & {"episodes", "max_steps", "explore_episodes", "explore_max_steps"} \
+                and (g.explore_episodes, g.explore_max_steps) != EXPLORE_VERSIONS[part]:
+            n, steps = EXPLORE_VERSIONS[part]
+            raise UserError(f"{part} is exploration's {n} episodes of {steps} steps, as its id says; for another size "
+                            "give them an id of their own (--dataset kitchen-diffusion/my-explore-v0)")
         report = generate_part(part, g, policy=policy, overwrite=a.overwrite)
         print(f"wrote {report.dataset_id}: {report.episodes} episodes, {report.steps} steps in {report.seconds:.0f}s")
         if policy == "expert":
