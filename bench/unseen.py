@@ -4,7 +4,7 @@
                            [--names a b ...] [--tag NAME]
 
 Each exploration dataset is split into train/val/test on its own, so models trained on datasets
-of different sizes (10, 40, 80 episodes) hold out different episodes, and one model's test
+of different sizes (10, 40, 80, 160 episodes) hold out different episodes, and one model's test
 episode may be another's training episode. This scores every model on chosen episodes of one
 part of the joined `--dataset` (numbered within that part: `--episodes 50` is the part's episode
 50), which the caller picks so that none of the models learnt from them (e.g. test episodes of the
