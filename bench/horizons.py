@@ -27,7 +27,7 @@ from _common import RESULTS, machine, table, write_json  # noqa: E402
 
 from kitchen_lib.base.errors import UserError  # noqa: E402
 from kitchen_lib.base.paths import atomic_path, data_dir  # noqa: E402
-from kitchen_lib.data.generate import recorded_policy  # noqa: E402
+from kitchen_lib.data.policies import recorded_policy  # noqa: E402
 from kitchen_lib.inference.predictor import load_predictor, pairs_for  # noqa: E402
 from kitchen_lib.inference.rollout import mean_rollouts  # noqa: E402
 from kitchen_lib.training.runs import default_run_dir  # noqa: E402

@@ -215,6 +215,6 @@ def test_replay_the_expert_picks_a_held_out_expert_episode_of_a_model_trained_on
     want = load_episode(small_dataset, expert_test[0]["dataset_index"])
     assert np.array_equal(got.actions, want.actions) and len(got.actions) != 20
     assert len(held_out_episode(both, policy="explore").actions) == 20
-    from kitchen_lib.data.generate import recorded_policy  # an unnamed id is known by its metadata
+    from kitchen_lib.data.policies import recorded_policy  # an unnamed id is known by its metadata
 
     assert (recorded_policy(explore), recorded_policy(small_dataset)) == ("explore", "expert")

@@ -142,14 +142,15 @@ def test_each_policy_has_its_own_dataset_size():
 def test_each_version_of_exploration_is_made_at_the_size_its_id_names(capsys):
     """Each version of exploration grew the one before by its seeds: a run or cache made on an
     earlier one must still read it as exploration by its id alone, and get it back as it was."""
-    from kitchen_lib.data.datasets import EARLIER_EXPLORE_IDS, EXPLORE_DATASET_ID, OFFLINE_DATASET_ID
-    from kitchen_lib.data.generate import dataset_size, default_dataset, policy_for
+    from kitchen_lib.data.datasets import EXPLORE_DATASET_ID, EXPLORE_VERSIONS, OFFLINE_DATASET_ID
+    from kitchen_lib.data.generate import dataset_size
+    from kitchen_lib.data.policies import default_dataset, policy_for
     from kitchen_lib.frontend.cli import main
 
     versions = {"kitchen-diffusion/scripted-explore-v0": 10, "kitchen-diffusion/scripted-explore-v1": 40,
                 "kitchen-diffusion/scripted-explore-v2": 80, "kitchen-diffusion/scripted-explore-v3": 160}
     assert EXPLORE_DATASET_ID == "kitchen-diffusion/scripted-explore-v3"
-    assert set(EARLIER_EXPLORE_IDS) == set(versions) - {EXPLORE_DATASET_ID}
+    assert EXPLORE_VERSIONS.keys() == versions.keys()
     assert GenerateConfig().size("explore") == (160, 600)  # generate's default: the newest, as its id names it
     other_size = GenerateConfig(explore_episodes=3, explore_max_steps=7)
     for dataset_id, n in versions.items():

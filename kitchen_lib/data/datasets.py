@@ -32,7 +32,6 @@ EXPLORE_VERSIONS = {
     "kitchen-diffusion/scripted-explore-v3": (160, 600),
 }
 EXPLORE_DATASET_ID = "kitchen-diffusion/scripted-explore-v3"
-EARLIER_EXPLORE_IDS = tuple(v for v in EXPLORE_VERSIONS if v != EXPLORE_DATASET_ID)
 EXPLORE_SMOKE_DATASET_ID = "kitchen-diffusion/scripted-explore-smoke-v0"
 D4RL_DATASET_IDS = (
     "D4RL/kitchen/complete-v2",

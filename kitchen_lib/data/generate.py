@@ -1,6 +1,7 @@
 """Making our own offline datasets, stored as Minari datasets: the scripted expert's episodes
 (`policy="expert"`), exploration (`"explore"`: the arm driven to random reachable poses, touching
-the objects, kitchen_lib.data.explore) or random actions (`"random"`, for scale tests).
+the objects, kitchen_lib.data.explore) or random actions (`"random"`, for scale tests); which
+policy's episodes each dataset holds is kitchen_lib.data.policies'.
 
 Written in a temporary store beside the real one and moved into place whole, so the
 datasets it makes are read by `kitchen_lib.data.datasets` exactly like D4RL's.
@@ -19,37 +20,19 @@ from kitchen_lib.base.locks import clean_stale, hold_temp, let_go, owner_tag
 from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.datasets import (
     D4RL_DATASET_IDS,
-    EXPLORE_DATASET_ID,
-    EXPLORE_SMOKE_DATASET_ID,
     EXPLORE_VERSIONS,
     OFFLINE_DATASET_ID,
     OUR_NAMESPACE,
-    SMOKE_DATASET_ID,
     DatasetError,
     check_dataset_id,
     dataset_parts,
     dataset_path,
     is_local,
-    joined,
     open_dataset,
     store_path,
 )
 from kitchen_lib.data.kitchen import COMPLETE_TASKS
-
-# Who acts: the scripted expert, exploration, or random actions.
-POLICIES = ("expert", "explore", "random")
-# Where random actions go when no id is given (our named datasets keep their own policy's episodes).
-RANDOM_DATASET_ID = "kitchen-diffusion/random-v0"
-# Our named datasets each hold one policy's episodes.
-DATASET_POLICIES = {OFFLINE_DATASET_ID: "expert", SMOKE_DATASET_ID: "expert", EXPLORE_SMOKE_DATASET_ID: "explore",
-                    **dict.fromkeys(EXPLORE_VERSIONS, "explore")}
-# What each policy's episodes are, for the dataset's metadata (the expert's as they always were).
-_ALGORITHMS = {"expert": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py",
-                          "the scripted expert (kitchen_lib.data.expert)"),
-               "explore": ("kitchen_lib exploration (DLS IK to random reachable poses)", "kitchen_lib/data/explore.py",
-                           "exploration: random reachable hand poses, the gripper, touching the objects "
-                           "(kitchen_lib.data.explore)"),
-               "random": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py", "random actions")}
+from kitchen_lib.data.policies import ALGORITHMS, checked_policy, policy_for
 
 
 @dataclass(frozen=True)
@@ -76,39 +59,6 @@ class GenerateConfig:
         return self.episodes, self.max_steps
 
 
-def policy_for(dataset_id: str, policy: str = "expert") -> str:
-    """The policy whose episodes `dataset_id` holds: its own for our named datasets, else `policy`."""
-    return DATASET_POLICIES.get(dataset_id, policy)
-
-
-def recorded_policy(dataset_id: str) -> str:
-    """The policy whose episodes a dataset holds: ours by their id, any other of ours by the
-    algorithm its metadata names (exploration's), else the expert's (D4RL's human demonstrations
-    do the tasks too). Unlike policy_for, this opens an unnamed local dataset."""
-    if dataset_id in DATASET_POLICIES:
-        return DATASET_POLICIES[dataset_id]
-    if is_local(dataset_id):
-        algorithm = open_dataset(dataset_id).storage.metadata.get("algorithm_name")
-        if algorithm == _ALGORITHMS["explore"][0]:
-            return "explore"
-    return "expert"
-
-
-def default_dataset(policy: str, dataset: str) -> str:
-    """Where `generate --policy P` writes when no --dataset is given, for a run whose setting is
-    `dataset`: its parts that hold P's episodes; else, for exploration, the exploration dataset of
-    `dataset`'s size (smoke's for smoke's), for random actions RANDOM_DATASET_ID."""
-    if policy == "random":
-        return RANDOM_DATASET_ID
-    parts = dataset_parts(dataset)
-    mine = [p for p in parts if policy_for(p) == policy]
-    if mine:
-        return joined(*mine)
-    if policy == "explore":
-        return EXPLORE_SMOKE_DATASET_ID if SMOKE_DATASET_ID in parts else EXPLORE_DATASET_ID
-    return dataset
-
-
 def _create_in(store: Path, dataset_id: str, buffers: list, env, description: str, policy: str = "expert") -> None:
     """Write the dataset with Minari into the Minari store `store` (not the user's)."""
     import minari
@@ -120,9 +70,9 @@ def _create_in(store: Path, dataset_id: str, buffers: list, env, description: st
             dataset_id=dataset_id,
             buffer=buffers,
             env=env,
-            algorithm_name=_ALGORITHMS[policy][0],
+            algorithm_name=ALGORITHMS[policy][0],
             author="Kitchen Diffusion",
-            code_permalink=_ALGORITHMS[policy][1],
+            code_permalink=ALGORITHMS[policy][1],
             description=description,
             data_format="hdf5",
         )
@@ -219,7 +169,7 @@ def generate_dataset(
     from kitchen_lib.data.kitchen import make_env
 
     check_dataset_id(dataset_id, generated=True)
-    policy = _checked_policy(dataset_id, "random" if random_actions else policy)
+    policy = checked_policy(dataset_id, "random" if random_actions else policy)
     if episodes < 1:
         raise DatasetError(f"--episodes must be at least 1 (got {episodes})")
     if max_steps < 1:
@@ -241,7 +191,7 @@ def generate_dataset(
         bar.write(f"episode {i:3d} (seed {ep_seed}): {len(rec.actions)} steps, completed {rec.completed}") if progress else None
     _write_dataset(
         dataset_id, records, env, overwrite=overwrite, policy=policy,
-        description=f"{episodes} FrankaKitchen-v1 episodes by {_ALGORITHMS[policy][2]}, seed {seed}.",
+        description=f"{episodes} FrankaKitchen-v1 episodes by {ALGORITHMS[policy][2]}, seed {seed}.",
     )
     env.close()
     return GenerateReport(
@@ -251,20 +201,6 @@ def generate_dataset(
         completed=[list(r.completed) for r in records],
         seconds=time.time() - t0,
     )
-
-
-def _checked_policy(dataset_id: str, policy: str | None) -> str:
-    """The policy to run for `dataset_id`: a known one, and the one our named datasets hold."""
-    own = policy_for(dataset_id, policy or "expert")
-    if policy is None:
-        return own
-    if policy not in POLICIES:
-        raise DatasetError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
-    if policy != own:
-        raise DatasetError(f"{dataset_id} holds the {own} policy's episodes, not {policy}: give {policy}'s episodes "
-                           f"an id of their own (--dataset kitchen-diffusion/my-{policy}-v0)"
-                           + (f", or use {EXPLORE_DATASET_ID}" if policy == "explore" else ""))
-    return policy
 
 
 def dataset_size(part: str, policy: str, size: GenerateConfig = GenerateConfig()) -> tuple[int, int]:

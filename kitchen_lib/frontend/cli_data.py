@@ -19,7 +19,7 @@ from kitchen_lib.frontend import flags
 
 def cmd_generate(a: argparse.Namespace) -> None:
     from kitchen_lib.data.datasets import EXPLORE_VERSIONS, dataset_parts, is_local
-    from kitchen_lib.data.generate import default_dataset, policy_for
+    from kitchen_lib.data.policies import default_dataset, policy_for
 
     cfg = flags.config_from_args(a)
     g = cfg.generate

@@ -20,8 +20,9 @@ from kitchen_lib.base.device import check_device
 from kitchen_lib.base.errors import DestinationError, UserError
 from kitchen_lib.base.paths import check_destination
 from kitchen_lib.data.examples import ConditioningConfig
-from kitchen_lib.data.generate import POLICIES, GenerateConfig
+from kitchen_lib.data.generate import GenerateConfig
 from kitchen_lib.data.pairs import PairsConfig
+from kitchen_lib.data.policies import POLICIES
 from kitchen_lib.data.render import QUALITIES
 from kitchen_lib.model.diffusion import LOSS_WEIGHTINGS, PREDICTIONS, SCHEDULES, DiffusionConfig
 from kitchen_lib.model.frame_model import OBJECTIVES

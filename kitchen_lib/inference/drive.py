@@ -27,8 +27,8 @@ from kitchen_lib.data.controller import Controller, ExpertConfig, Waypoint
 from kitchen_lib.data.datasets import Episode as RecordedEpisode
 from kitchen_lib.data.datasets import load_episode
 from kitchen_lib.data.examples import ACTION_DIM
-from kitchen_lib.data.generate import recorded_policy
 from kitchen_lib.data.kitchen import OBS_DIM, make_env, state_from_observation
+from kitchen_lib.data.policies import recorded_policy
 from kitchen_lib.data.render import KitchenRenderer
 from kitchen_lib.inference.commands import COMMANDS, next_target
 from kitchen_lib.inference.metrics import capped_psnr
