@@ -52,7 +52,7 @@ def main() -> None:
     checkpoint = Path(a.checkpoint) if a.checkpoint else preset("cpu-drive").checkpoint_dir() / "latest.pt"
     if not checkpoint.is_file():
         sys.exit(f"no checkpoint at {checkpoint}: train it (`python -m kitchen_lib train --preset cpu-drive`, "
-                 f"20 minutes), or pass --checkpoint (e.g. quickstart's cpu-world)")
+                 f"40 minutes), or pass --checkpoint (e.g. quickstart's cpu-world)")
     predictor = load_predictor(checkpoint)
     from kitchen_lib.frontend.drive_widget import DriveDemo
 

@@ -76,7 +76,7 @@ class Drive:
     def __init__(self, predictor: Predictor, seed: int = 0, sampler: SamplerConfig | None = None) -> None:
         if not predictor.conditioning.actions:
             raise UserError("driving needs a world model, one that is told the actions: this one predicts from frames "
-                            "alone. Train the one made for driving with `python -m kitchen_lib train --preset cpu-drive` (20 "
+                            "alone. Train the one made for driving with `python -m kitchen_lib train --preset cpu-drive` (40 "
                             "minutes; quickstart's cpu-world drives too, but has seen only the expert's motions)")
         self.predictor = predictor
         self.sampler = sampler or predictor.sampler
