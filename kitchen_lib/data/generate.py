@@ -47,8 +47,9 @@ class GenerateConfig:
     # Exploration never finishes early, as the expert does after ~690 steps: 160 x 600 steps is 7
     # times the expert's frames. cpu-drive learns exploration's motions from their number: on
     # 4 held-out exploration episodes 10 gave +0.7 dB over copy, 40 +2.5, 80 +2.6 with the expert's
-    # share kept; on 12 others, with the decay over the budget, 80 +3.1 and 160 +3.4 (docs/results.md,
-    # "160 exploration episodes"). The versions' sizes are EXPLORE_VERSIONS'.
+    # share kept; on 12 others, with the decay over 20 minutes, 80 +3.1 and 160 +3.4, and 160 with
+    # today's 40 minutes +3.8 (docs/results.md, "160 exploration episodes", "40 minutes"). The
+    # versions' sizes are EXPLORE_VERSIONS'.
     explore_episodes: int = 160
     explore_max_steps: int = 600
 

@@ -213,11 +213,12 @@ _WORLD = {
 
 # What turns a world model into one to drive: exploration beside the expert (the arm anywhere,
 # the gripper, objects touched), each dataset split into train/val/test on its own. More data and
-# more kinds of motion than cpu-world's: 40 minutes (not in quickstart's 30). 20 left exploration's
-# held-out moving pixels at +4.6 dB over copy, short of its +5 target; 40 reach it
-# (docs/results.md, "40 minutes"). The expert's pairs keep 25% of each epoch: in proportion to
-# their number they would get 13% beside exploration's 160 episodes; over 40 minutes a quarter
-# keeps them above +5 / +6 dB and gives exploration the rest.
+# more kinds of motion than cpu-world's: 40 minutes (not in quickstart's 30). On exploration's
+# 9,536 test pairs the moving pixels were +4.61 dB over copy after 20 minutes at the expert's share
+# 0.4, +4.85 after 40; 40 at share 0.25 reach +5.02, the +5 target at its edge (docs/results.md,
+# "40 minutes"). In proportion to their number the expert's pairs would get 13% of each epoch
+# beside exploration's 160 episodes; a quarter keeps them at +5.62 / +6.85 on their 1,381 test
+# pairs (the target +5 / +6) and gives exploration the rest.
 # Its learning rate decays over the 40 minutes, and it trains at more high noise levels than
 # cpu-world (exploration's larger motions are laid out there): each beside the preset before it,
 # +0.3 / +0.4 dB and +0.2 / +0.2 on the expert's pairs (docs/results.md, "a decay over the budget").
