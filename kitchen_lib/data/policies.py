@@ -28,11 +28,11 @@ DATASET_POLICIES = {OFFLINE_DATASET_ID: "expert", SMOKE_DATASET_ID: "expert", EX
                     **dict.fromkeys(EXPLORE_VERSIONS, "explore")}
 # What each policy's episodes are, for the dataset's metadata (the expert's as they always were).
 ALGORITHMS = {"expert": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py",
-                          "the scripted expert (kitchen_lib.data.expert)"),
-               "explore": ("kitchen_lib exploration (DLS IK to random reachable poses)", "kitchen_lib/data/explore.py",
-                           "exploration: random reachable hand poses, the gripper, touching the objects "
-                           "(kitchen_lib.data.explore)"),
-               "random": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py", "random actions")}
+                         "the scripted expert (kitchen_lib.data.expert)"),
+              "explore": ("kitchen_lib exploration (DLS IK to random reachable poses)", "kitchen_lib/data/explore.py",
+                          "exploration: random reachable hand poses, the gripper, touching the objects "
+                          "(kitchen_lib.data.explore)"),
+              "random": ("kitchen_lib scripted expert (DLS IK waypoints)", "kitchen_lib/data/expert.py", "random actions")}
 
 
 def policy_for(dataset_id: str, policy: str = "expert") -> str:
